@@ -1,0 +1,15 @@
+//! diffpost: posterior sampling for linear inverse problems `y = A x + eta * xi` with diffusion priors.
+//!
+//! Layout: [`prior`] (denoisers/scores, analytic and neural), [`operator`] (linear forward models),
+//! [`schedule`] (sigma and eta schedules), [`sampler`] (one file per method), [`metrics`]
+//! (distances to exact posteriors), [`rng`] (per-sample random streams), [`io`] (npy/npz).
+
+pub mod error;
+pub mod metrics;
+pub mod schedule;
+
+pub use error::{Error, Result};
+pub mod io;
+pub mod operator;
+pub mod prior;
+pub mod rng;

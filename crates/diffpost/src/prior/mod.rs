@@ -1,0 +1,80 @@
+//! Priors: one denoiser/score interface at a noise level `sigma` (variance exploding).
+//!
+//! Convention (ALGORITHMS.md): `p_sigma = p * N(0, sigma^2 I)`, `D(x, sigma) = E[x0 | x0 + sigma z = x]`,
+//! and Tweedie's formula `grad log p_sigma(x) = (D(x, sigma) - x) / sigma^2`. Analytic priors allow
+//! `sigma = 0` (the unsmoothed score); networks are valid only on their trained range.
+
+pub mod gmm;
+pub mod perturb;
+pub mod tilted;
+
+use candle_core::Tensor;
+
+use crate::{Error, Result};
+
+pub use gmm::GaussianMixture;
+pub use perturb::{Perturbation, Perturbed};
+pub use tilted::GaussianTilted;
+
+/// A diffusion prior seen through its denoiser `D(x, sigma)` and smoothed score.
+///
+/// `x` is batch-first `[B, ...]` (f64 for analytic priors). Implementations must be
+/// row-independent: row `b` of the output depends only on row `b` of the input.
+pub trait Denoiser: Send + Sync {
+    /// Per-sample dimension `d` (number of entries of one `x`).
+    fn dim(&self) -> usize;
+
+    /// Per-sample shape (`[d]` for vectors, `[C, H, W]` for images).
+    fn sample_shape(&self) -> Vec<usize> {
+        vec![self.dim()]
+    }
+
+    /// Tweedie denoiser `D(x, sigma)`. Differentiable through candle autograd when `x` is tracked.
+    fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor>;
+
+    /// Smoothed score `grad log p_sigma(x)`; default: Tweedie `(D(x, sigma) - x) / sigma^2` (sigma > 0).
+    fn score(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+        if sigma <= 0.0 {
+            return Err(Error::Unsupported(
+                "this prior has no score at sigma = 0; use its sigma_min".into(),
+            ));
+        }
+        Ok(((self.denoise(x, sigma)? - x)? / (sigma * sigma))?)
+    }
+
+    /// `[sigma_min, sigma_max]` where the denoiser is valid. `sigma_min = 0` means exact
+    /// unsmoothed scores exist (analytic priors); networks report their smallest trained level.
+    fn sigma_range(&self) -> (f64, f64);
+
+    /// A `sigma_max` large enough that `p_sigma_max` is close to `N(start, sigma_max^2 I)`,
+    /// used to start diffusion sampling.
+    fn sigma_max_hint(&self) -> f64;
+
+    /// Lipschitz constant of the unsmoothed score, when known (sets Langevin step sizes).
+    fn lipschitz(&self) -> Option<f64> {
+        None
+    }
+
+    /// Start of reverse diffusion at level `sigma_max` given standard normal `z`: `sigma_max z` for a
+    /// prior centred near 0 (the VE convention). Tilted priors override this (ALGORITHMS.md, Alg. 2).
+    fn diffusion_start(&self, z: &Tensor, sigma_max: f64) -> Result<Tensor> {
+        Ok((z * sigma_max)?)
+    }
+}
+
+/// Priors with a tractable log-density (analytic priors; needed by MALA).
+pub trait LogDensity: Denoiser {
+    /// `log p(x)` per row, shape `[B]`, and the unsmoothed score `grad log p(x)`.
+    fn log_density_and_score(&self, x: &Tensor) -> Result<(Tensor, Tensor)>;
+}
+
+/// Priors that can be sampled exactly.
+pub trait ExactSample {
+    /// One exact prior sample per stream, `[B, d]`.
+    fn sample_exact(&self, streams: &mut crate::rng::SampleStreams) -> Result<Tensor>;
+}
+
+/// Unsmoothed score `s(x)` as samplers use it: `sigma = sigma_min` of the prior.
+pub fn unsmoothed_score(prior: &dyn Denoiser, x: &Tensor) -> Result<Tensor> {
+    prior.score(x, prior.sigma_range().0)
+}
