@@ -12,4 +12,6 @@ pub use error::{Error, Result};
 pub mod io;
 pub mod operator;
 pub mod prior;
+pub mod problem;
 pub mod rng;
+pub mod sampler;

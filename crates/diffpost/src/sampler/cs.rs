@@ -1,0 +1,109 @@
+//! Algorithm 3 of Xun, Gupta & Price (2025), competitive compressed sensing (Corollary 1.3): a naive
+//! estimator (LASSO by FISTA, or least squares by CG) gives `x0` with error at most `R`; set
+//! `sigma = R / delta`, draw `x0' = x0 + N(0, sigma^2 I)` per sample and return Algorithm 2 with
+//! `(x0', sigma)`. Under local log-concavity the error is at most `2r` when any algorithm achieves `r`.
+
+use candle_core::{DType, Tensor};
+use serde::Serialize;
+
+use super::local::{self, LocalConfig};
+use super::{operator_norm, Monitor, Output, Problem};
+use crate::operator::{cg_least_squares, LinearOperator};
+use crate::rng::SampleStreams;
+use crate::{Error, Result};
+
+/// The naive estimator of step 1.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Estimator {
+    /// `argmin 0.5 |A x - y|^2 + lambda |x|_1` by FISTA (Beck & Teboulle 2009); default
+    /// `lambda = eta sqrt(2 ln d) ||A||` (the universal threshold).
+    Lasso { lambda: Option<f64>, iters: usize },
+    /// Minimum-norm least squares by CG on the normal equations.
+    LeastSquares { iters: usize },
+}
+
+/// Algorithm 3 settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct CsConfig {
+    pub estimator: Estimator,
+    /// `R`, the estimator's error bound; default `sqrt(d) * sigma_max_hint / 50` (the prior's spread).
+    pub radius: Option<f64>,
+    /// `delta` in `sigma = R / delta` (default 1).
+    pub delta: f64,
+    /// Algorithm 2/1 settings (its `sigma` is replaced by `R / delta`).
+    pub local: LocalConfig,
+}
+
+/// FISTA for the LASSO on every row of `y: [B, m]`.
+pub fn fista(op: &dyn LinearOperator, y: &Tensor, lambda: f64, iters: usize) -> Result<Tensor> {
+    let l = {
+        let a = crate::operator::op_norm(op, 300, 1)?;
+        a * a
+    };
+    if l == 0.0 {
+        return Err(Error::param("operator", "zero operator"));
+    }
+    let b = y.dims()[0];
+    let mut x = Tensor::zeros((b, op.in_dim()), DType::F64, y.device())?;
+    let mut z = x.clone();
+    let mut t = 1.0f64;
+    let tau = lambda / l;
+    for _ in 0..iters {
+        let grad = op.adjoint(&op.apply(&z)?.broadcast_sub(y)?)?;
+        let v = (&z - (grad / l)?)?;
+        // Soft threshold: v - clamp(v, -tau, tau).
+        let x_new = (&v - v.clamp(-tau, tau)?)?;
+        let t_new = 0.5 * (1.0 + (1.0 + 4.0 * t * t).sqrt());
+        z = (&x_new + ((&x_new - &x)? * ((t - 1.0) / t_new))?)?;
+        x = x_new;
+        t = t_new;
+    }
+    Ok(x)
+}
+
+/// The naive estimate `x0` (`[1, d]`).
+pub fn estimate(problem: &Problem, est: &Estimator) -> Result<Tensor> {
+    match est {
+        Estimator::Lasso { lambda, iters } => {
+            let a = operator_norm(problem.op)?;
+            let lam = lambda
+                .unwrap_or(problem.eta * (2.0 * (problem.prior.dim() as f64).ln()).sqrt() * a);
+            fista(problem.op, &problem.y, lam, *iters)
+        }
+        Estimator::LeastSquares { iters } => {
+            cg_least_squares(problem.op, &problem.y, None, 0.0, *iters, 1e-10)
+        }
+    }
+}
+
+/// Runs Algorithm 3.
+pub fn sample(
+    problem: &Problem,
+    cfg: &CsConfig,
+    streams: &mut SampleStreams,
+    mon: &dyn Monitor,
+) -> Result<Output> {
+    if !(cfg.delta > 0.0) {
+        return Err(Error::param("sampler.delta", "must be > 0"));
+    }
+    let d = problem.prior.dim();
+    let r = cfg
+        .radius
+        .unwrap_or((d as f64).sqrt() * problem.prior.sigma_max_hint() / 50.0);
+    if !(r > 0.0) || !r.is_finite() {
+        return Err(Error::param(
+            "sampler.radius",
+            format!("must be > 0, got {r}"),
+        ));
+    }
+    let sigma = r / cfg.delta;
+    let x0 = estimate(problem, &cfg.estimator)?;
+    let z = streams.randn(&[d], &problem.device())?;
+    let x0p = (z * sigma)?.broadcast_add(&x0)?;
+    let local_cfg = LocalConfig {
+        sigma,
+        ..cfg.local.clone()
+    };
+    local::sample(problem, &x0p, &local_cfg, streams, mon)
+}

@@ -1,0 +1,262 @@
+//! Samplers, one file per method, each a short function in the paper's notation over a
+//! [`Denoiser`] and a [`LinearOperator`]. Randomness comes only from the caller's
+//! [`SampleStreams`] (one stream per sample), so a sample never depends on its batch.
+//!
+//! Score evaluations are counted per sample: one forward pass of the score/denoiser for one sample
+//! point is one evaluation, a backward pass through it one more; diffusion initialisation included.
+
+pub mod ald;
+pub mod annealed;
+pub mod cs;
+pub mod daps;
+pub mod diffusion;
+pub mod dps;
+pub mod exact;
+pub mod local;
+pub mod mala;
+pub mod ula;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+
+use crate::operator::LinearOperator;
+use crate::prior::Denoiser;
+use crate::{Error, Result};
+
+/// A linear inverse problem `y = A x + eta xi`, `xi ~ N(0, I_m)`; `eta` in the units of `x`.
+pub struct Problem<'a> {
+    pub prior: &'a dyn Denoiser,
+    pub op: &'a dyn LinearOperator,
+    /// Measurement `[1, m]`.
+    pub y: Tensor,
+    /// Noise standard deviation per real measurement, in the units of `x`.
+    pub eta: f64,
+}
+
+impl<'a> Problem<'a> {
+    /// Validates dimensions, finiteness and `eta > 0`. `y` may be `[m]` or `[1, m]`.
+    pub fn new(
+        prior: &'a dyn Denoiser,
+        op: &'a dyn LinearOperator,
+        y: &Tensor,
+        eta: f64,
+    ) -> Result<Self> {
+        if !(eta > 0.0) || !eta.is_finite() {
+            return Err(Error::param(
+                "measurement.eta",
+                format!("must be finite and > 0, got {eta}"),
+            ));
+        }
+        if op.in_dim() != prior.dim() {
+            return Err(Error::shape(
+                format!("operator `{}` input", op.name()),
+                format!("d = {} (the prior's dimension)", prior.dim()),
+                &[op.in_dim()],
+            ));
+        }
+        let y = y.to_dtype(candle_core::DType::F64)?;
+        let y = match y.rank() {
+            1 => y.unsqueeze(0)?,
+            _ => y,
+        };
+        if y.dims() != [1, op.out_dim()] {
+            return Err(Error::shape(
+                "measurement y",
+                format!("[{}] (operator m)", op.out_dim()),
+                y.dims(),
+            ));
+        }
+        let v: Vec<f64> = y.flatten_all()?.to_vec1()?;
+        if v.iter().any(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                what: "measurement y".into(),
+            });
+        }
+        Ok(Self { prior, op, y, eta })
+    }
+
+    pub fn device(&self) -> Device {
+        self.y.device().clone()
+    }
+
+    /// Likelihood gradient `A^T (y - A x) / eta^2` (y `[1, m]` or `[B, m]`).
+    pub fn likelihood_grad(&self, x: &Tensor, y: &Tensor, eta: f64) -> Result<Tensor> {
+        let r = y.broadcast_sub(&self.op.apply(x)?)?;
+        Ok((self.op.adjoint(&r)? / (eta * eta))?)
+    }
+}
+
+/// What a sampler returns.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// `[B, d]` samples.
+    pub samples: Tensor,
+    /// Score evaluations per sample.
+    pub score_evals: u64,
+    /// Per-run diagnostics (never fed back into the sampler).
+    pub info: Info,
+}
+
+/// Diagnostics of a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Info {
+    /// MALA: mean acceptance rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acceptance: Option<f64>,
+    /// Annealed samplers: the eta schedule used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etas: Option<Vec<f64>>,
+    /// Step sizes used per stage (or the single step).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<f64>>,
+}
+
+/// Progress reporting (e.g. a progress bar). `done` of `total` steps of the current batch.
+pub trait Monitor: Sync {
+    fn on_step(&self, _done: u64, _total: u64) {}
+}
+
+/// A monitor that ignores everything.
+pub struct Silent;
+impl Monitor for Silent {}
+
+/// Counts evaluations of a denoiser (each call on a batch is one evaluation per sample).
+pub(crate) struct Counted<'a> {
+    inner: &'a dyn Denoiser,
+    calls: AtomicU64,
+}
+
+impl<'a> Counted<'a> {
+    pub fn new(inner: &'a dyn Denoiser) -> Self {
+        Self {
+            inner,
+            calls: AtomicU64::new(0),
+        }
+    }
+    pub fn evals(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+    /// Adds backward passes (DPS).
+    pub fn add(&self, n: u64) {
+        self.calls.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl Denoiser for Counted<'_> {
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+    fn sample_shape(&self) -> Vec<usize> {
+        self.inner.sample_shape()
+    }
+    fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.inner.denoise(x, sigma)
+    }
+    fn score(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.inner.score(x, sigma)
+    }
+    fn sigma_range(&self) -> (f64, f64) {
+        self.inner.sigma_range()
+    }
+    fn sigma_max_hint(&self) -> f64 {
+        self.inner.sigma_max_hint()
+    }
+    fn lipschitz(&self) -> Option<f64> {
+        self.inner.lipschitz()
+    }
+    fn diffusion_start(&self, z: &Tensor, sigma_max: f64) -> Result<Tensor> {
+        self.inner.diffusion_start(z, sigma_max)
+    }
+}
+
+/// Divergence check: every entry finite and below `1e150` in magnitude.
+pub(crate) fn check_finite(x: &Tensor, sampler: &str, stage: usize, step: usize) -> Result<()> {
+    let m = x
+        .abs()?
+        .max_all()?
+        .to_dtype(candle_core::DType::F64)?
+        .to_scalar::<f64>()?;
+    if !m.is_finite() || m > 1e150 {
+        return Err(Error::Diverged {
+            sampler: sampler.into(),
+            stage,
+            step,
+            reason: if m.is_finite() {
+                format!("blow-up (max |x| = {m:.3e})")
+            } else {
+                "NaN or infinity".into()
+            },
+        });
+    }
+    Ok(())
+}
+
+/// Lipschitz constant of the prior score used in step rules: the prior's own when known,
+/// else `1 / sigma_min^2` (a network's smallest level).
+pub fn prior_lipschitz(prior: &dyn Denoiser, override_: Option<f64>) -> Result<f64> {
+    if let Some(l) = override_ {
+        if !(l >= 0.0) || !l.is_finite() {
+            return Err(Error::param(
+                "sampler.l_prior",
+                format!("must be >= 0, got {l}"),
+            ));
+        }
+        return Ok(l);
+    }
+    if let Some(l) = prior.lipschitz() {
+        return Ok(l);
+    }
+    let smin = prior.sigma_range().0;
+    if smin > 0.0 {
+        Ok(1.0 / (smin * smin))
+    } else {
+        Err(Error::param(
+            "sampler.l_prior",
+            "the prior has no known Lipschitz constant: set l_prior or a fixed step h",
+        ))
+    }
+}
+
+/// How Langevin step sizes are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepRule {
+    /// `h = h_rel / (L_prior + ||A||^2 / eta^2)` (ALGORITHMS.md step rule).
+    Relative { h_rel: f64 },
+    /// A fixed step `h` (units of x^2).
+    Fixed { h: f64 },
+}
+
+impl StepRule {
+    pub fn validate(&self) -> Result<()> {
+        let (name, v) = match self {
+            StepRule::Relative { h_rel } => ("h_rel", *h_rel),
+            StepRule::Fixed { h } => ("h", *h),
+        };
+        if !(v > 0.0) || !v.is_finite() {
+            return Err(Error::param(
+                format!("sampler.{name}"),
+                format!("must be > 0, got {v}"),
+            ));
+        }
+        Ok(())
+    }
+    /// Step for a Langevin run that targets the posterior with noise `eta_next`.
+    pub fn step(&self, l_prior: f64, a_norm: f64, eta_next: f64) -> f64 {
+        match self {
+            StepRule::Relative { h_rel } => {
+                crate::schedule::step_size(*h_rel, l_prior, a_norm, eta_next)
+            }
+            StepRule::Fixed { h } => *h,
+        }
+    }
+}
+
+/// Spectral norm of the problem's operator (power iteration, fixed seed).
+pub fn operator_norm(op: &dyn LinearOperator) -> Result<f64> {
+    crate::operator::op_norm(op, 300, 0x6e6f726d)
+}

@@ -1,0 +1,149 @@
+//! Unadjusted Langevin algorithm (ULA) on the posterior `p(x|y)` directly: the non-annealed control.
+//!
+//! `X <- X + h (s(X) + A^T (y - A X) / eta^2) + sqrt(2 h) xi` (Euler–Maruyama of the Langevin SDE;
+//! ALGORITHMS.md, step 3 of Algorithm 1 with the final `eta`).
+
+use candle_core::Tensor;
+use serde::Serialize;
+
+use super::diffusion::DiffusionConfig;
+use super::{
+    check_finite, operator_norm, prior_lipschitz, Counted, Info, Monitor, Output, Problem, StepRule,
+};
+use crate::prior::{unsmoothed_score, Denoiser, ExactSample};
+use crate::rng::SampleStreams;
+use crate::{Error, Result};
+
+/// Where a Langevin chain starts.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Init {
+    /// A prior sample drawn by reverse diffusion (counts its score evaluations).
+    Diffusion(DiffusionConfig),
+    /// Standard normal noise `N(0, I)` in the units of x.
+    Noise,
+    /// An exact prior sample (analytic priors only; no score evaluations).
+    ExactPrior,
+}
+
+/// Draws the initial points.
+pub(crate) fn initialise(
+    prior: &dyn Denoiser,
+    exact: Option<&dyn ExactSample>,
+    init: &Init,
+    streams: &mut SampleStreams,
+    mon: &dyn Monitor,
+    name: &str,
+) -> Result<Tensor> {
+    match init {
+        Init::Diffusion(cfg) => super::diffusion::run(prior, cfg, streams, mon, name),
+        Init::Noise => streams.randn(&prior.sample_shape(), &candle_core::Device::Cpu),
+        Init::ExactPrior => match exact {
+            Some(e) => e.sample_exact(streams),
+            None => Err(Error::param(
+                "sampler.init",
+                "exact-prior needs an analytic prior (gmm)",
+            )),
+        },
+    }
+}
+
+/// ULA settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct UlaConfig {
+    /// Number of Langevin steps (default 2000).
+    pub steps: usize,
+    pub step: StepRule,
+    pub init: Init,
+    /// Overrides the prior's Lipschitz constant in the step rule.
+    pub l_prior: Option<f64>,
+}
+
+impl Default for UlaConfig {
+    fn default() -> Self {
+        Self {
+            steps: 2000,
+            step: StepRule::Relative { h_rel: 0.2 },
+            init: Init::Diffusion(DiffusionConfig::default()),
+            l_prior: None,
+        }
+    }
+}
+
+/// `steps` ULA steps targeting `p(x | y_target)` with noise `eta` (`y_target` `[1,m]` or `[B,m]`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn langevin(
+    problem: &Problem,
+    prior: &dyn Denoiser,
+    mut x: Tensor,
+    y_target: &Tensor,
+    eta: f64,
+    h: f64,
+    steps: usize,
+    streams: &mut SampleStreams,
+    name: &str,
+    stage: usize,
+    mut on_step: impl FnMut(usize),
+) -> Result<Tensor> {
+    let shape = prior.sample_shape();
+    let noise = (2.0 * h).sqrt();
+    for k in 0..steps {
+        let drift = (unsmoothed_score(prior, &x)? + problem.likelihood_grad(&x, y_target, eta)?)?;
+        let z = streams.randn(&shape, x.device())?;
+        x = ((x + (drift * h)?)? + (z * noise)?)?;
+        if k % 50 == 49 || k + 1 == steps {
+            check_finite(&x, name, stage, k)?;
+        }
+        on_step(k);
+    }
+    Ok(x)
+}
+
+/// Runs ULA on `p(x | y)`.
+pub fn sample(
+    problem: &Problem,
+    exact: Option<&dyn ExactSample>,
+    cfg: &UlaConfig,
+    streams: &mut SampleStreams,
+    mon: &dyn Monitor,
+) -> Result<Output> {
+    cfg.step.validate()?;
+    let counted = Counted::new(problem.prior);
+    let l = match cfg.step {
+        StepRule::Fixed { .. } => 0.0,
+        _ => prior_lipschitz(problem.prior, cfg.l_prior)?,
+    };
+    let a = operator_norm(problem.op)?;
+    let h = cfg.step.step(l, a, problem.eta);
+    let x = initialise(
+        &counted,
+        exact,
+        &cfg.init,
+        streams,
+        &super::Silent,
+        "ula init",
+    )?;
+    let init_evals = counted.evals();
+    let total = init_evals + cfg.steps as u64;
+    let x = langevin(
+        problem,
+        &counted,
+        x,
+        &problem.y,
+        problem.eta,
+        h,
+        cfg.steps,
+        streams,
+        "ula",
+        1,
+        |k| mon.on_step(init_evals + k as u64 + 1, total),
+    )?;
+    Ok(Output {
+        samples: x,
+        score_evals: counted.evals(),
+        info: Info {
+            steps: Some(vec![h]),
+            ..Default::default()
+        },
+    })
+}
