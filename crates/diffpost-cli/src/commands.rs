@@ -195,6 +195,37 @@ pub fn problem_gmm(d: usize, m: usize, k: usize, eta: f64, seed: u64, out: &Path
     Ok(())
 }
 
+pub fn problem_denoise(d: usize, eta: f64, seed: u64, out: &Path) -> Result<()> {
+    if d == 0 || !(eta > 0.0) {
+        bail!("--d must be >= 1 and --eta > 0");
+    }
+    let mut s = SampleStreams::new(seed, [0]);
+    let x = s.normal_vec(d);
+    let y: Vec<f64> = x
+        .iter()
+        .zip(s.normal_vec(d))
+        .map(|(x, z)| x + eta * z)
+        .collect();
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("{}: cannot create folder", out.display()))?;
+    diffpost::io::write_npy(&out.join("x_true.npy"), &vec_tensor(&x)?)?;
+    diffpost::io::write_npy(&out.join("y.npy"), &vec_tensor(&y)?)?;
+    let toml = format!(
+        "# Denoising instance: diffpost problem denoise --d {d} --eta {eta} --seed {seed}\n\
+         [prior]\nkind = \"isotropic\"\nd = {d}\nvar = 1.0\n\n\
+         [operator]\nkind = \"identity\"\n\n\
+         [measurement]\ny = \"y.npy\"\neta = {eta:?}   # noise std, in the units of x\n\n\
+         [sampler]\nkind = \"annealed\"\n\n\
+         [run]\nn = 500\nseed = 0\nout = \"out\"\n"
+    );
+    diffpost::io::write_bytes(&out.join("problem.toml"), toml.as_bytes())?;
+    println!(
+        "wrote {}/{{x_true.npy, y.npy, problem.toml}}",
+        out.display()
+    );
+    Ok(())
+}
+
 /// Exact reference and noise floors for samples of size `n`.
 pub fn reference(
     post: &GaussianMixture,

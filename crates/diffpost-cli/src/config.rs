@@ -24,9 +24,13 @@ pub struct Config {
 #[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct PriorSection {
-    /// Only "gmm" for now.
+    /// "gmm" (an .npz file) or "isotropic" (`N(mean 1, var I_d)`, no file).
     pub kind: String,
-    pub path: PathBuf,
+    pub path: Option<PathBuf>,
+    /// isotropic: dimension, variance (default 1) and the common mean of every coordinate (default 0).
+    pub d: Option<usize>,
+    pub var: Option<f64>,
+    pub mean: Option<f64>,
     pub perturb: Option<PerturbSection>,
 }
 
@@ -134,18 +138,45 @@ pub fn load(path: &Path) -> Result<Loaded> {
     };
     let ctx = |field: &str| format!("{}: [{}]", path.display(), field);
 
-    if cfg.prior.kind != "gmm" {
-        bail!(
-            "{}: unknown prior kind `{}` (expected \"gmm\"; networks come with the image issue)",
-            ctx("prior.kind"),
-            cfg.prior.kind
-        );
-    }
-    let gmm_path = resolve(&dir, &cfg.prior.path);
-    let gmm = GaussianMixture::from_npz(&gmm_path).with_context(|| ctx("prior.path"))?;
+    let pr = &cfg.prior;
+    let load_gmm = || -> Result<GaussianMixture> {
+        match pr.kind.as_str() {
+            "gmm" => {
+                if pr.d.is_some() || pr.var.is_some() || pr.mean.is_some() {
+                    bail!(
+                        "{}: `d`, `var` and `mean` belong to kind = \"isotropic\"",
+                        ctx("prior")
+                    );
+                }
+                let p = pr.path.as_ref().ok_or_else(|| anyhow!("{}: `path` (an .npz with weights, means, covs) is required for kind = \"gmm\"", ctx("prior")))?;
+                GaussianMixture::from_npz(resolve(&dir, p)).with_context(|| ctx("prior.path"))
+            }
+            "isotropic" => {
+                if pr.path.is_some() {
+                    bail!(
+                        "{}: `path` does not apply to kind = \"isotropic\"",
+                        ctx("prior")
+                    );
+                }
+                let d = pr.d.ok_or_else(|| {
+                    anyhow!("{}: `d` is required for kind = \"isotropic\"", ctx("prior"))
+                })?;
+                if d == 0 {
+                    bail!("{}: d must be >= 1", ctx("prior.d"));
+                }
+                GaussianMixture::isotropic(vec![pr.mean.unwrap_or(0.0); d], pr.var.unwrap_or(1.0))
+                    .with_context(|| ctx("prior.var"))
+            }
+            other => bail!(
+                "{}: unknown prior kind `{other}` (expected \"gmm\" or \"isotropic\")",
+                ctx("prior.kind")
+            ),
+        }
+    };
+    let gmm = load_gmm()?;
     let d = gmm.dim();
     let (prior, perturbed): (Box<dyn Denoiser>, bool) = match &cfg.prior.perturb {
-        None => (Box::new(GaussianMixture::from_npz(&gmm_path)?), false),
+        None => (Box::new(load_gmm()?), false),
         Some(p) => {
             let kind = match p.kind.as_str() {
                 "shell-trap" => {
@@ -175,7 +206,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
                     ctx("prior.perturb.kind")
                 ),
             };
-            let inner = Box::new(GaussianMixture::from_npz(&gmm_path)?);
+            let inner = Box::new(load_gmm()?);
             (
                 Box::new(Perturbed::new(inner, &gmm, kind).with_context(|| ctx("prior.perturb"))?),
                 true,

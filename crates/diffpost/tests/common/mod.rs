@@ -55,8 +55,8 @@ impl Bench {
         let op = Dense::new(a.clone()).unwrap();
         let post = prior.posterior(&op, y.as_slice(), eta).unwrap();
         let (reference, floors) = reference_and_floors(&post, 0x5eed);
-        let y_t = Tensor::from_vec(y.iter().copied().collect::<Vec<_>>(), y.len(), &Device::Cpu)
-            .unwrap();
+        let y_t =
+            Tensor::from_vec(y.iter().copied().collect::<Vec<_>>(), y.len(), &Device::Cpu).unwrap();
         Bench {
             name: name.into(),
             prior,
