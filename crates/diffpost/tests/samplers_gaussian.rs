@@ -1,0 +1,245 @@
+//! Every sampler on the Gaussian instance `random_gmm_instance(30, 15, 1, 0.1, 0)` (n = 2000).
+//!
+//! Tolerances are stated against the noise floor (`common`): `floor_mean` and `floor_sd` of each
+//! metric over 10 fresh exact sets of 2000 rows. Each check has a companion that runs it with one
+//! broken ingredient and asserts that the same metric then exceeds the same tolerance.
+//! Run with `--nocapture` to see the measured ratios.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use common::*;
+use diffpost::metrics::{MetricFloors, Metrics};
+
+static BENCH: OnceLock<Bench> = OnceLock::new();
+fn bench() -> &'static Bench {
+    shared(&BENCH, gaussian_bench)
+}
+
+/// Floor-level tolerance for sliced W2: 1.3 x the mean exact-vs-exact floor (the hard
+/// requirement; floor_sd/floor_mean is about 6% here, so 1.3x is ~5 floor_sd above the floor).
+fn sw2_tol(f: &MetricFloors) -> f64 {
+    1.3 * f.sw2.floor_mean
+}
+
+/// Floor-level tolerance for the moment errors: floor_mean + 4 floor_sd (an exact sampler exceeds
+/// it with probability well below 1e-3 under a normal approximation of the floor's spread).
+fn moments_ok(m: &Metrics, f: &MetricFloors) -> bool {
+    m.mean_err <= floor_plus(&f.mean_err, 4.0) && m.cov_err <= floor_plus(&f.cov_err, 4.0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Algorithm 1.
+
+#[test]
+fn annealed_default_reaches_floor() {
+    let b = bench();
+    let m = timed("annealed", || run::annealed_default(b, &b.prior, b.eta));
+    report("gaussian annealed", &m, &b.floors);
+    // Hard requirement: sliced W2 <= 1.3 x floor_mean.
+    assert!(
+        m.sw2 <= sw2_tol(&b.floors),
+        "sw2 {}",
+        ratio(m.sw2, &b.floors.sw2)
+    );
+    // Moments within floor_mean + 4 floor_sd.
+    assert!(moments_ok(&m, &b.floors), "{m:?}");
+}
+
+/// Companion: the prior score scaled by 1.5 (a mis-scaled network) breaks the check.
+#[test]
+fn annealed_check_fails_with_scaled_score() {
+    let b = bench();
+    let broken = BrokenScore {
+        inner: &b.prior,
+        scale: 1.5,
+        shift: 0.0,
+    };
+    let m = run::annealed_default(b, &broken, b.eta);
+    report("gaussian annealed score*1.5", &m, &b.floors);
+    assert!(
+        m.sw2 > sw2_tol(&b.floors),
+        "sw2 {}",
+        ratio(m.sw2, &b.floors.sw2)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// ULA and MALA (asymptotically exact with enough steps; settings in `common::run`).
+
+#[test]
+fn ula_reaches_floor() {
+    let b = bench();
+    let m = timed("ula", || run::ula(b, &b.prior, b.eta));
+    report("gaussian ula", &m, &b.floors);
+    // Same floor-level tolerances as Algorithm 1 (5000 steps at h_rel = 0.5, see run::ula_cfg).
+    assert!(
+        m.sw2 <= sw2_tol(&b.floors),
+        "sw2 {}",
+        ratio(m.sw2, &b.floors.sw2)
+    );
+    assert!(moments_ok(&m, &b.floors), "{m:?}");
+}
+
+/// Companion: ULA with the prior score scaled by 1.5.
+#[test]
+fn ula_check_fails_with_scaled_score() {
+    let b = bench();
+    let broken = BrokenScore {
+        inner: &b.prior,
+        scale: 1.5,
+        shift: 0.0,
+    };
+    let m = run::ula(b, &broken, b.eta);
+    report("gaussian ula score*1.5", &m, &b.floors);
+    assert!(
+        m.sw2 > sw2_tol(&b.floors),
+        "sw2 {}",
+        ratio(m.sw2, &b.floors.sw2)
+    );
+}
+
+#[test]
+fn mala_reaches_floor() {
+    let b = bench();
+    let (m, acc) = timed("mala", || run::mala(b, &b.prior, b.eta));
+    report(
+        &format!("gaussian mala (acceptance {acc:.3})"),
+        &m,
+        &b.floors,
+    );
+    assert!(
+        m.sw2 <= sw2_tol(&b.floors),
+        "sw2 {}",
+        ratio(m.sw2, &b.floors.sw2)
+    );
+    assert!(moments_ok(&m, &b.floors), "{m:?}");
+}
+
+/// Companion: MALA targeting the posterior of a wrong prior (covariance / 1.5, i.e. the score
+/// scaled by 1.5) fails the same check.
+#[test]
+fn mala_check_fails_with_wrong_log_density() {
+    let b = bench();
+    let wrong = run::scaled_cov_prior(&b.prior, 1.0 / 1.5);
+    let (m, _) = run::mala(b, &wrong, b.eta);
+    report("gaussian mala prior cov/1.5", &m, &b.floors);
+    assert!(
+        m.sw2 > sw2_tol(&b.floors),
+        "sw2 {}",
+        ratio(m.sw2, &b.floors.sw2)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Biased baselines: regression bounds on the sliced-W2 ratio to the floor.
+//
+// These methods do not sample p(x|y) exactly even with exact scores, so the bound is a
+// regression bound: about 15% above the ratio measured at the time of writing (stated per
+// method), so that a change making a baseline worse (or a broken ingredient) is caught, while an
+// improvement passes.
+
+/// ALD: measured 1.58x floor; bound 1.8x.
+const ALD_SW2_RATIO: f64 = 1.8;
+/// DAPS: measured 1.47x floor; bound 1.7x.
+const DAPS_SW2_RATIO: f64 = 1.7;
+/// DPS (zeta = 1, 1000 steps; over-confident and biased on this problem): measured 6.31x; bound 7.2x.
+const DPS_SW2_RATIO: f64 = 7.2;
+
+#[test]
+fn ald_regression_bound() {
+    let b = bench();
+    let m = timed("ald", || run::ald(b, &b.prior, b.eta));
+    report("gaussian ald", &m, &b.floors);
+    let r = ratio(m.sw2, &b.floors.sw2);
+    assert!(r <= ALD_SW2_RATIO, "ALD sw2 ratio {r}");
+}
+
+/// Companion: ALD with the score scaled by 1.5.
+#[test]
+fn ald_check_fails_with_scaled_score() {
+    let b = bench();
+    let broken = BrokenScore {
+        inner: &b.prior,
+        scale: 1.5,
+        shift: 0.0,
+    };
+    let m = run::ald(b, &broken, b.eta);
+    report("gaussian ald score*1.5", &m, &b.floors);
+    let r = ratio(m.sw2, &b.floors.sw2);
+    assert!(r > ALD_SW2_RATIO, "ALD broken sw2 ratio {r}");
+}
+
+#[test]
+fn daps_regression_bound() {
+    let b = bench();
+    let m = timed("daps", || run::daps(b, &b.prior, b.eta));
+    report("gaussian daps", &m, &b.floors);
+    let r = ratio(m.sw2, &b.floors.sw2);
+    assert!(r <= DAPS_SW2_RATIO, "DAPS sw2 ratio {r}");
+}
+
+/// Companion: DAPS told the wrong noise level (1.5 eta).
+#[test]
+fn daps_check_fails_with_wrong_eta() {
+    let b = bench();
+    let m = run::daps(b, &b.prior, 1.5 * b.eta);
+    report("gaussian daps eta*1.5", &m, &b.floors);
+    let r = ratio(m.sw2, &b.floors.sw2);
+    assert!(r > DAPS_SW2_RATIO, "DAPS broken sw2 ratio {r}");
+}
+
+#[test]
+fn dps_regression_bound() {
+    let b = bench();
+    let m = timed("dps", || run::dps(b, 1.0));
+    report("gaussian dps", &m, &b.floors);
+    let r = ratio(m.sw2, &b.floors.sw2);
+    assert!(r <= DPS_SW2_RATIO, "DPS sw2 ratio {r}");
+}
+
+/// Companion: DPS without guidance (zeta = 0) samples the prior.
+#[test]
+fn dps_check_fails_without_guidance() {
+    let b = bench();
+    let m = run::dps(b, 0.0);
+    report("gaussian dps zeta=0", &m, &b.floors);
+    let r = ratio(m.sw2, &b.floors.sw2);
+    assert!(r > DPS_SW2_RATIO, "DPS zeta=0 sw2 ratio {r}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exact sampling.
+
+/// An exact sample is a draw of the floor distribution itself, so the bound is
+/// floor_mean + 4 floor_sd for every metric (sliced W2 included).
+#[test]
+fn exact_is_at_floor() {
+    let b = bench();
+    let m = run::exact(b, &b.post);
+    report("gaussian exact", &m, &b.floors);
+    assert!(
+        m.sw2 <= floor_plus(&b.floors.sw2, 4.0),
+        "sw2 {}",
+        ratio(m.sw2, &b.floors.sw2)
+    );
+    assert!(moments_ok(&m, &b.floors), "{m:?}");
+}
+
+/// Companion: the exact posterior for a wrong noise level (2 eta) fails the same check.
+#[test]
+fn exact_check_fails_with_wrong_eta() {
+    let b = bench();
+    let wrong = b
+        .prior
+        .posterior(&b.op, b.y_vec.as_slice(), 2.0 * b.eta)
+        .unwrap();
+    let m = run::exact(b, &wrong);
+    report("gaussian exact eta*2", &m, &b.floors);
+    assert!(
+        m.sw2 > floor_plus(&b.floors.sw2, 4.0),
+        "sw2 {}",
+        ratio(m.sw2, &b.floors.sw2)
+    );
+}
