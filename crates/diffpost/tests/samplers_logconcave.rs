@@ -1,4 +1,5 @@
-//! Every sampler on the Gaussian instance `log-concave two-component instance `common::logconcave_bench` (d = 10, m = 5)` (n = 2000).
+//! Every sampler on a log-concave, non-Gaussian instance (`common::logconcave_bench`: d = 10, m = 5,
+//! prior `0.3 N(mu, S) + 0.7 N(-mu, S)` with `mu^T S^-1 mu = 0.81`), n = 2000.
 //!
 //! Tolerances are stated against the noise floor (`common`): `floor_mean` and `floor_sd` of each
 //! metric over 10 fresh exact sets of 2000 rows. Each check has a companion that runs it with one
@@ -18,7 +19,8 @@ fn bench() -> &'static Bench {
 }
 
 /// Floor-level tolerance for sliced W2: 1.3 x the mean exact-vs-exact floor (the hard
-/// requirement; floor_sd/floor_mean is about 6% here, so 1.3x is ~5 floor_sd above the floor).
+/// requirement; floor_sd/floor_mean is about 6% on the d = 30 Gaussian instance and 9% on the
+/// d = 10 log-concave one, so 1.3x is ~5 resp. ~3.3 floor_sd above the floor).
 fn sw2_tol(f: &MetricFloors) -> f64 {
     1.3 * f.sw2.floor_mean
 }
@@ -136,16 +138,17 @@ fn mala_check_fails_with_wrong_log_density() {
 // Biased baselines: regression bounds on the sliced-W2 ratio to the floor.
 //
 // These methods do not sample p(x|y) exactly even with exact scores, so the bound is a
-// regression bound: about 15% above the ratio measured at the time of writing (stated per
-// method), so that a change making a baseline worse (or a broken ingredient) is caught, while an
-// improvement passes.
+// regression bound: about 20% above the ratio measured with these seeds at the time of writing
+// (stated per method), so that a change making a baseline worse (or a broken ingredient) is
+// caught, while an improvement passes. On this smaller, weakly bimodal instance ALD happens to be
+// close to the floor, DAPS and DPS are further off than on the Gaussian one.
 
-/// ALD: measured 1.58x floor; bound 1.8x.
-const ALD_SW2_RATIO: f64 = 1.8;
-/// DAPS: measured 1.47x floor; bound 1.7x.
-const DAPS_SW2_RATIO: f64 = 1.7;
-/// DPS (zeta = 1, 1000 steps; over-confident and biased on this problem): measured 6.31x; bound 7.2x.
-const DPS_SW2_RATIO: f64 = 7.2;
+/// ALD (default: 50 levels x 40 steps): measured 1.06x floor; bound 1.3x.
+const ALD_SW2_RATIO: f64 = 1.3;
+/// DAPS (default: 100 levels): measured 2.11x floor; bound 2.5x.
+const DAPS_SW2_RATIO: f64 = 2.5;
+/// DPS (zeta = 1, 1000 steps): measured 8.18x; bound 9.5x.
+const DPS_SW2_RATIO: f64 = 9.5;
 
 #[test]
 fn ald_regression_bound() {
