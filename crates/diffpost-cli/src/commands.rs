@@ -132,7 +132,7 @@ pub fn sample(config_path: &Path, quiet: bool) -> Result<()> {
         "sampler": spec.name(),
         "params": params,
         "info": first.info,
-        "prior": { "kind": l.cfg.prior.kind, "perturb": l.cfg.prior.perturb },
+        "prior": { "kind": l.cfg.prior.kind, "perturb": l.perturbation, "score_error_norms": l.error_norms },
         "operator": l.op.name(),
         "eta": l.eta,
         "n": run.n,

@@ -105,6 +105,10 @@ pub struct Loaded {
     /// The prior samplers see (the GMM, or the GMM with a perturbed score).
     pub prior: Box<dyn Denoiser>,
     pub perturbed: bool,
+    /// L2/L4 sizes of the score error under the prior (perturbed priors only).
+    pub error_norms: Option<diffpost::prior::perturb::ErrorNorms>,
+    /// The perturbation with its defaults resolved.
+    pub perturbation: Option<Perturbation>,
     pub op: Box<dyn LinearOperator>,
     pub y: Tensor,
     pub y_vec: Vec<f64>,
@@ -175,6 +179,8 @@ pub fn load(path: &Path) -> Result<Loaded> {
     };
     let gmm = load_gmm()?;
     let d = gmm.dim();
+    let mut error_norms = None;
+    let mut perturbation = None;
     let (prior, perturbed): (Box<dyn Denoiser>, bool) = match &cfg.prior.perturb {
         None => (Box::new(load_gmm()?), false),
         Some(p) => {
@@ -207,10 +213,10 @@ pub fn load(path: &Path) -> Result<Loaded> {
                 ),
             };
             let inner = Box::new(load_gmm()?);
-            (
-                Box::new(Perturbed::new(inner, &gmm, kind).with_context(|| ctx("prior.perturb"))?),
-                true,
-            )
+            perturbation = Some(kind.clone());
+            let p = Perturbed::new(inner, &gmm, kind).with_context(|| ctx("prior.perturb"))?;
+            error_norms = Some(p.error_norms(&gmm, 20_000)?);
+            (Box::new(p), true)
         }
     };
     let op: Box<dyn LinearOperator> = match cfg.operator.kind.as_str() {
@@ -276,6 +282,8 @@ pub fn load(path: &Path) -> Result<Loaded> {
         gmm,
         prior,
         perturbed,
+        error_norms,
+        perturbation,
         op,
         y,
         y_vec,

@@ -11,12 +11,16 @@ use diffpost::sampler::{annealed, Problem, Silent};
 
 fn gmm_score(c: &mut Criterion) {
     let inst = diffpost::problem::random_gmm_instance(100, 1, 10, 0.1, 7).unwrap();
-    let x = SampleStreams::range(3, 10_000).randn(&[100], &Device::Cpu).unwrap();
+    let x = SampleStreams::range(3, 10_000)
+        .randn(&[100], &Device::Cpu)
+        .unwrap();
     let _ = inst.prior.score(&x, 0.5).unwrap();
     let mut g = c.benchmark_group("gmm_score_b10000_d100_k10_full");
     g.sample_size(20);
     g.bench_function("fused", |b| b.iter(|| inst.prior.score(&x, 0.5).unwrap()));
-    g.bench_function("generic_candle_ops", |b| b.iter(|| inst.prior.score_generic(&x, 0.5).unwrap()));
+    g.bench_function("generic_candle_ops", |b| {
+        b.iter(|| inst.prior.score_generic(&x, 0.5).unwrap())
+    });
     let pc = {
         // The GEMM alone ([10000,100] x [100,1000]) for reference.
         let p = Tensor::randn(0f64, 1.0, (100, 1000), &Device::Cpu).unwrap();
@@ -35,7 +39,16 @@ fn annealed_demo(c: &mut Criterion) {
     let mut g = c.benchmark_group("annealed_demo_d20_m10");
     g.sample_size(10);
     g.bench_function("n500_default_8100_evals", |b| {
-        b.iter(|| annealed::sample(&problem, Some(&inst.prior), &cfg, &mut SampleStreams::range(1, 500), &Silent).unwrap())
+        b.iter(|| {
+            annealed::sample(
+                &problem,
+                Some(&inst.prior),
+                &cfg,
+                &mut SampleStreams::range(1, 500),
+                &Silent,
+            )
+            .unwrap()
+        })
     });
     g.finish();
 }

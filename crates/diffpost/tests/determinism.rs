@@ -19,7 +19,11 @@ use diffpost::sampler::*;
 const TOL: f64 = 1e-9;
 const SEED: u64 = 42;
 
-fn instance() -> (diffpost::problem::Instance, diffpost::operator::Dense, Tensor) {
+fn instance() -> (
+    diffpost::problem::Instance,
+    diffpost::operator::Dense,
+    Tensor,
+) {
     let inst = diffpost::problem::random_gmm_instance(30, 15, 1, 0.1, 0).unwrap();
     let op = diffpost::operator::Dense::new(inst.a.clone()).unwrap();
     let y = Tensor::from_vec(
@@ -45,7 +49,11 @@ fn annealed_rows(streams: &mut SampleStreams) -> Vec<f64> {
         }),
         ..Default::default()
     };
-    to_rows(&annealed::sample(&p, Some(&inst.prior), &cfg, streams, &Silent).unwrap().samples)
+    to_rows(
+        &annealed::sample(&p, Some(&inst.prior), &cfg, streams, &Silent)
+            .unwrap()
+            .samples,
+    )
 }
 
 /// DPS with 100 respaced steps.

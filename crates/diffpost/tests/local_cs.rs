@@ -24,7 +24,12 @@ fn bench() -> &'static Bench {
 }
 
 fn row_tensor(v: &DVector<f64>) -> Tensor {
-    Tensor::from_vec(v.iter().copied().collect::<Vec<_>>(), (1, v.len()), &Device::Cpu).unwrap()
+    Tensor::from_vec(
+        v.iter().copied().collect::<Vec<_>>(),
+        (1, v.len()),
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 /// 1.3 x floor_mean for sliced W2 (as for Algorithm 1), floor_mean + 4 floor_sd for the moments.
@@ -45,9 +50,12 @@ fn tilted_score_error(sigma_lib: f64) -> f64 {
     let d = 30;
     let s = inst.prior.cov(0);
     let mu = DVector::from_vec(SampleStreams::new(21, [0]).normal_vec(d)) * 0.5;
-    let prior =
-        GaussianMixture::new(vec![1.0], vec![mu.iter().copied().collect()], vec![s.clone()])
-            .unwrap();
+    let prior = GaussianMixture::new(
+        vec![1.0],
+        vec![mu.iter().copied().collect()],
+        vec![s.clone()],
+    )
+    .unwrap();
     let x0 = DVector::from_vec(SampleStreams::new(22, [0]).normal_vec(d));
     let sigma = 0.4;
     let tilted = GaussianTilted::new(&prior, row_tensor(&x0), sigma_lib).unwrap();
@@ -64,7 +72,11 @@ fn tilted_score_error(sigma_lib: f64) -> f64 {
         for (i, zi) in zs.chunks(d).enumerate() {
             let want = -(&prec_t * (DVector::from_column_slice(zi) - &m));
             let g = &got[i * d..(i + 1) * d];
-            let num: f64 = g.iter().zip(want.iter()).map(|(a, b)| (a - b).powi(2)).sum();
+            let num: f64 = g
+                .iter()
+                .zip(want.iter())
+                .map(|(a, b)| (a - b).powi(2))
+                .sum();
             worst = worst.max((num / want.norm_squared()).sqrt());
         }
     }
@@ -142,8 +154,14 @@ fn run_local(prior: &dyn Denoiser, sigma_cfg: f64) -> Metrics {
         start_at_x0: false,
         annealed: AnnealedConfig::default(),
     };
-    let out = local::sample(&p, &row_tensor(&t.x0), &cfg, &mut SampleStreams::range(201, N), &Silent)
-        .unwrap();
+    let out = local::sample(
+        &p,
+        &row_tensor(&t.x0),
+        &cfg,
+        &mut SampleStreams::range(201, N),
+        &Silent,
+    )
+    .unwrap();
     eval(&t.reference, &out)
 }
 
@@ -163,7 +181,11 @@ fn local_check_fails_with_wrong_sigma() {
     let t = local_target();
     let m = run_local(&bench().prior, 2.0 * SIGMA);
     report("local sigma*2", &m, &t.floors);
-    assert!(m.sw2 > 1.3 * t.floors.sw2.floor_mean, "sw2 {}", ratio(m.sw2, &t.floors.sw2));
+    assert!(
+        m.sw2 > 1.3 * t.floors.sw2.floor_mean,
+        "sw2 {}",
+        ratio(m.sw2, &t.floors.sw2)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -198,7 +220,9 @@ fn run_cs(prior: &dyn Denoiser, estimator: Estimator) -> (Metrics, Output) {
 #[test]
 fn cs_least_squares_marginal_is_posterior() {
     let b = bench();
-    let (m, _) = timed("cs ls", || run_cs(&b.prior, Estimator::LeastSquares { iters: 200 }));
+    let (m, _) = timed("cs ls", || {
+        run_cs(&b.prior, Estimator::LeastSquares { iters: 200 })
+    });
     report("cs least squares (Alg. 3)", &m, &b.floors);
     assert!(at_floor(&m, &b.floors), "{m:?}");
 }
@@ -223,8 +247,16 @@ fn cs_lasso_marginal_is_posterior() {
 #[test]
 fn cs_check_fails_with_scaled_score() {
     let b = bench();
-    let broken = BrokenScore { inner: &b.prior, scale: 1.5, shift: 0.0 };
+    let broken = BrokenScore {
+        inner: &b.prior,
+        scale: 1.5,
+        shift: 0.0,
+    };
     let (m, _) = run_cs(&broken, Estimator::LeastSquares { iters: 200 });
     report("cs least squares score*1.5", &m, &b.floors);
-    assert!(m.sw2 > 1.3 * b.floors.sw2.floor_mean, "sw2 {}", ratio(m.sw2, &b.floors.sw2));
+    assert!(
+        m.sw2 > 1.3 * b.floors.sw2.floor_mean,
+        "sw2 {}",
+        ratio(m.sw2, &b.floors.sw2)
+    );
 }

@@ -75,9 +75,15 @@ fn mixture_instance_overlaps() {
 #[test]
 fn annealed_matches_mixture_posterior() {
     let b = bench();
-    let m = timed("mixture annealed", || run::annealed_default(b, &b.prior, b.eta));
+    let m = timed("mixture annealed", || {
+        run::annealed_default(b, &b.prior, b.eta)
+    });
     report("mixture annealed", &m, &b.floors);
-    assert!(m.sw2 <= 1.3 * b.floors.sw2.floor_mean, "sw2 {}", ratio(m.sw2, &b.floors.sw2));
+    assert!(
+        m.sw2 <= 1.3 * b.floors.sw2.floor_mean,
+        "sw2 {}",
+        ratio(m.sw2, &b.floors.sw2)
+    );
     assert!(m.mean_err <= floor_plus(&b.floors.mean_err, 4.0), "{m:?}");
     assert!(m.cov_err <= floor_plus(&b.floors.cov_err, 4.0), "{m:?}");
 }
@@ -92,7 +98,9 @@ fn annealed_mixture_check_fails_with_wrong_weights() {
     let b = bench();
     let c = b.prior.components_dense();
     let pw = b.post.weights();
-    let dominant = (0..pw.len()).max_by(|&i, &j| pw[i].total_cmp(&pw[j])).unwrap();
+    let dominant = (0..pw.len())
+        .max_by(|&i, &j| pw[i].total_cmp(&pw[j]))
+        .unwrap();
     let wrong = GaussianMixture::new(
         c.iter()
             .enumerate()
@@ -104,15 +112,27 @@ fn annealed_mixture_check_fails_with_wrong_weights() {
     .unwrap();
     let m = run::annealed_default(b, &wrong, b.eta);
     report("mixture annealed dominant weight/5", &m, &b.floors);
-    assert!(m.sw2 > 1.3 * b.floors.sw2.floor_mean, "sw2 {}", ratio(m.sw2, &b.floors.sw2));
+    assert!(
+        m.sw2 > 1.3 * b.floors.sw2.floor_mean,
+        "sw2 {}",
+        ratio(m.sw2, &b.floors.sw2)
+    );
 }
 
 /// Companion: the score scaled by 1.5 fails the same check.
 #[test]
 fn annealed_mixture_check_fails_with_scaled_score() {
     let b = bench();
-    let broken = BrokenScore { inner: &b.prior, scale: 1.5, shift: 0.0 };
+    let broken = BrokenScore {
+        inner: &b.prior,
+        scale: 1.5,
+        shift: 0.0,
+    };
     let m = run::annealed_default(b, &broken, b.eta);
     report("mixture annealed score*1.5", &m, &b.floors);
-    assert!(m.sw2 > 1.3 * b.floors.sw2.floor_mean, "sw2 {}", ratio(m.sw2, &b.floors.sw2));
+    assert!(
+        m.sw2 > 1.3 * b.floors.sw2.floor_mean,
+        "sw2 {}",
+        ratio(m.sw2, &b.floors.sw2)
+    );
 }
