@@ -47,7 +47,11 @@ fn mean_ambiguity(post: &GaussianMixture) -> f64 {
         .collect();
     let mut acc = 0.0;
     for i in 0..n {
-        let l: Vec<f64> = (0..w.len()).map(|k| w[k].ln() + comp_lp[k][i]).collect();
+        let l: Vec<f64> = w
+            .iter()
+            .zip(&comp_lp)
+            .map(|(wk, lp)| wk.ln() + lp[i])
+            .collect();
         let mx = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let z: f64 = l.iter().map(|v| (v - mx).exp()).sum();
         acc += 1.0 - 1.0 / z;
