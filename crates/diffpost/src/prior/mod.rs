@@ -29,6 +29,11 @@ pub trait Denoiser: Send + Sync {
         vec![self.dim()]
     }
 
+    /// Device the prior's tensors live on (samplers draw their noise there).
+    fn device(&self) -> candle_core::Device {
+        candle_core::Device::Cpu
+    }
+
     /// Tweedie denoiser `D(x, sigma)`. Differentiable through candle autograd when `x` is tracked.
     fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor>;
 

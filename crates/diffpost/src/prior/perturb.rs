@@ -316,6 +316,9 @@ impl Denoiser for Perturbed {
     fn sigma_range(&self) -> (f64, f64) {
         self.inner.sigma_range()
     }
+    fn device(&self) -> candle_core::Device {
+        self.inner.device()
+    }
     fn sigma_max_hint(&self) -> f64 {
         self.inner.sigma_max_hint()
     }

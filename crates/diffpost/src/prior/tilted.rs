@@ -75,6 +75,9 @@ impl Denoiser for GaussianTilted<'_> {
     fn sigma_range(&self) -> (f64, f64) {
         self.inner.sigma_range()
     }
+    fn device(&self) -> candle_core::Device {
+        self.inner.device()
+    }
     /// `p_x0` is no wider than `N(x0, sigma^2 I)`.
     fn sigma_max_hint(&self) -> f64 {
         self.inner.sigma_max_hint().min(50.0 * self.sigma)

@@ -111,7 +111,7 @@ pub(crate) fn run(
     name: &str,
 ) -> Result<Tensor> {
     let sig = cfg.sigmas(prior)?;
-    let device = candle_core::Device::Cpu;
+    let device = prior.device();
     let shape = prior.sample_shape();
     let z = streams.randn(&shape, &device)?;
     let mut x = prior.diffusion_start(&z, sig[0])?;

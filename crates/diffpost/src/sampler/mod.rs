@@ -56,7 +56,9 @@ impl<'a> Problem<'a> {
                 &[op.in_dim()],
             ));
         }
-        let y = y.to_dtype(candle_core::DType::F64)?;
+        let y = y
+            .to_dtype(candle_core::DType::F64)?
+            .to_device(&prior.device())?;
         let y = match y.rank() {
             1 => y.unsqueeze(0)?,
             _ => y,
@@ -161,6 +163,9 @@ impl Denoiser for Counted<'_> {
     }
     fn sigma_range(&self) -> (f64, f64) {
         self.inner.sigma_range()
+    }
+    fn device(&self) -> candle_core::Device {
+        self.inner.device()
     }
     fn sigma_max_hint(&self) -> f64 {
         self.inner.sigma_max_hint()

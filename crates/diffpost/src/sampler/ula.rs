@@ -37,7 +37,7 @@ pub(crate) fn initialise(
 ) -> Result<Tensor> {
     match init {
         Init::Diffusion(cfg) => super::diffusion::run(prior, cfg, streams, mon, name),
-        Init::Noise => streams.randn(&prior.sample_shape(), &candle_core::Device::Cpu),
+        Init::Noise => streams.randn(&prior.sample_shape(), &prior.device()),
         Init::ExactPrior => match exact {
             Some(e) => e.sample_exact(streams),
             None => Err(Error::param(
