@@ -56,15 +56,7 @@ pub fn sample(
         ));
     }
     let prior = Counted::new(problem.prior);
-    let (pmin, pmax) = problem.prior.sigma_range();
-    let smax = cfg
-        .sigma_max
-        .unwrap_or_else(|| problem.prior.sigma_max_hint())
-        .min(pmax);
-    let smin = cfg
-        .sigma_min
-        .unwrap_or((1e-3 * problem.eta).max(pmin))
-        .max(pmin);
+    let (smax, smin) = problem.sigma_levels(cfg.sigma_max, cfg.sigma_min);
     let sig = sigma_geometric(smax, smin, cfg.levels)?;
     let l = prior_lipschitz(problem.prior, cfg.l_prior)?;
     let a = operator_norm(problem.op)?;

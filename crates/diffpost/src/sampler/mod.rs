@@ -83,6 +83,17 @@ impl<'a> Problem<'a> {
         self.y.device().clone()
     }
 
+    /// `(sigma_max, sigma_min)` of a posterior sampler's diffusion levels, clamped to the prior's
+    /// range (as EDM does): defaults are the prior's `sigma_max_hint` and `1e-3 eta`.
+    pub fn sigma_levels(&self, sigma_max: Option<f64>, sigma_min: Option<f64>) -> (f64, f64) {
+        let (pmin, pmax) = self.prior.sigma_range();
+        let smax = sigma_max
+            .unwrap_or_else(|| self.prior.sigma_max_hint())
+            .min(pmax);
+        let smin = sigma_min.unwrap_or(1e-3 * self.eta).max(pmin);
+        (smax, smin)
+    }
+
     /// Likelihood gradient `A^T (y - A x) / eta^2` (y `[1, m]` or `[B, m]`).
     pub fn likelihood_grad(&self, x: &Tensor, y: &Tensor, eta: f64) -> Result<Tensor> {
         let r = y.broadcast_sub(&self.op.apply(x)?)?;
