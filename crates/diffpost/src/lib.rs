@@ -15,3 +15,4 @@ pub mod prior;
 pub mod problem;
 pub mod rng;
 pub mod sampler;
+pub mod nn;

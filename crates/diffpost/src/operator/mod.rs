@@ -5,6 +5,7 @@
 
 pub mod dense;
 pub mod identity;
+pub mod image;
 pub mod mask;
 
 use candle_core::{DType, Tensor};
@@ -38,6 +39,16 @@ pub trait LinearOperator: Send + Sync {
     fn selection(&self) -> Option<&[usize]> {
         None
     }
+    /// Pseudo-inverse `A^+ y` for `y: [B, m]`: the minimum-norm least-squares solution. Default:
+    /// CGLS from zero (which converges to the minimum-norm solution), 300 iterations, relative
+    /// tolerance 1e-8; operators with a closed form override it.
+    fn pseudo_inverse(&self, y: &Tensor) -> Result<Tensor> {
+        cg_least_squares(self, y, None, 0.0, 300, 1e-8)
+    }
+    /// For image operators: the `[C, H, W]` shape of `x` (flattened to `d = C H W` on the batch).
+    fn image_shape(&self) -> Option<[usize; 3]> {
+        None
+    }
     /// The operator as a dense `[m, d]` matrix (for exact posteriors on small problems).
     fn to_dense(&self) -> Result<DMatrix<f64>> {
         let d = self.in_dim();
@@ -50,7 +61,7 @@ pub trait LinearOperator: Send + Sync {
 }
 
 /// Checks `x` is `[B, d]` for this operator.
-pub(crate) fn check_in(op: &dyn LinearOperator, x: &Tensor) -> Result<()> {
+pub(crate) fn check_in<O: LinearOperator + ?Sized>(op: &O, x: &Tensor) -> Result<()> {
     let dims = x.dims();
     if dims.len() != 2 || dims[1] != op.in_dim() {
         return Err(Error::shape(
@@ -63,7 +74,7 @@ pub(crate) fn check_in(op: &dyn LinearOperator, x: &Tensor) -> Result<()> {
 }
 
 /// Checks `y` is `[B, m]` for this operator.
-pub(crate) fn check_out(op: &dyn LinearOperator, y: &Tensor) -> Result<()> {
+pub(crate) fn check_out<O: LinearOperator + ?Sized>(op: &O, y: &Tensor) -> Result<()> {
     let dims = y.dims();
     if dims.len() != 2 || dims[1] != op.out_dim() {
         return Err(Error::shape(
@@ -106,8 +117,8 @@ pub fn op_norm(op: &dyn LinearOperator, iters: usize, seed: u64) -> Result<f64> 
 /// Least squares `argmin_x |A x - y|^2 + damping |x|^2` by CGLS, per row of `y: [B, m]`,
 /// started from `x0` (zeros if `None`). Stops after `iters` or when every row's normal-equation
 /// residual is below `tol` relative to `|A^T y|`.
-pub fn cg_least_squares(
-    op: &dyn LinearOperator,
+pub fn cg_least_squares<O: LinearOperator + ?Sized>(
+    op: &O,
     y: &Tensor,
     x0: Option<&Tensor>,
     damping: f64,

@@ -1,0 +1,2 @@
+//! Neural diffusion priors (candle): a small UNet with EDM preconditioning, and its training.
+//! Work in progress.
