@@ -64,7 +64,7 @@ pub fn run_batched(
     let batch = batch.unwrap_or_else(|| n.div_ceil(2 * threads).clamp(16, 1000));
     let bar = Bar {
         bar: (!quiet).then(|| {
-            let b = ProgressBar::new(0);
+            let b = ProgressBar::new(n as u64);
             b.set_style(
                 ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {percent}% eta {eta}")
                     .unwrap()

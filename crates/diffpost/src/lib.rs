@@ -16,3 +16,5 @@ pub mod problem;
 pub mod rng;
 pub mod sampler;
 pub mod nn;
+pub mod imaging;
+pub mod image_metrics;

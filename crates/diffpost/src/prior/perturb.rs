@@ -342,6 +342,40 @@ mod tests {
         assert!((ln_gamma(500.5) - 2608.2229044109868).abs() < 1e-9);
     }
 
+    /// The smooth field has the requested relative L2 size (Monte Carlo, the method says so).
+    #[test]
+    fn smooth_field_has_requested_size() {
+        let gmm = GaussianMixture::isotropic(vec![0.0; 50], 2.0).unwrap();
+        let kind = Perturbation::Smooth {
+            rel: 0.1,
+            freq: 1.0,
+            seed: 3,
+        };
+        let p = Perturbed::new(
+            Box::new(GaussianMixture::isotropic(vec![0.0; 50], 2.0).unwrap()),
+            &gmm,
+            kind,
+        )
+        .unwrap();
+        let n = p.error_norms(&gmm, 4000).unwrap();
+        assert!(n.method.starts_with("monte-carlo"));
+        let rel = n.error_l2 / n.score_l2;
+        // E sin^2 = 1/2 up to the phases' finite-d average (50 coordinates): within 20%.
+        assert!((rel - 0.1).abs() < 0.02, "{n:?}");
+        // Bounded: |e_j| <= amplitude everywhere.
+        let x = Tensor::from_vec(vec![100.0f64; 50], (1, 50), &candle_core::Device::Cpu).unwrap();
+        let m = p
+            .field(&x)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!(m <= p.amp + 1e-12);
+    }
+
     #[test]
     fn shell_trap_norms_match_issue_figures() {
         let gmm = GaussianMixture::isotropic(vec![0.0; 1000], 1.0).unwrap();
