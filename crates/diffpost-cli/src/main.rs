@@ -3,6 +3,7 @@
 mod commands;
 mod config;
 mod spec;
+mod train_cmd;
 
 use std::path::PathBuf;
 
@@ -50,6 +51,22 @@ enum Cmd {
         /// Samples per sampler.
         #[arg(long, default_value_t = 1000)]
         n: usize,
+    },
+    /// Train a UNet diffusion prior on images (.npy [N,H,W] or [N,C,H,W], u8 or float) by
+    /// denoising score matching; resumes from OUT's checkpoint when one exists.
+    Train {
+        #[arg(long)]
+        data: PathBuf,
+        /// unet.toml with optional [model] and [train] tables (defaults otherwise).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Ignore an existing checkpoint in OUT and start over.
+        #[arg(long)]
+        fresh: bool,
+        #[arg(long)]
+        quiet: bool,
     },
     /// Micro-benchmarks (JSON).
     Bench {
@@ -132,6 +149,13 @@ fn main() {
             samples,
             reference,
         } => commands::eval(&config, &samples, reference),
+        Cmd::Train {
+            data,
+            config,
+            out,
+            fresh,
+            quiet,
+        } => train_cmd::train(&data, config.as_deref(), &out, fresh, quiet),
         Cmd::Demo { n } => commands::demo(n),
         Cmd::Bench {
             what:

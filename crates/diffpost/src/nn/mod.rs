@@ -1,2 +1,16 @@
-//! Neural diffusion priors (candle): a small UNet with EDM preconditioning, and its training.
-//! Work in progress.
+//! Neural diffusion priors (candle): a small UNet ([`unet`]) with EDM preconditioning ([`edm`],
+//! the [`crate::prior::Denoiser`] samplers use), and its training by denoising score matching
+//! ([`train`]). Models are f32; samplers see f64 `D(x, sigma)` on flattened `[B, C*H*W]` batches.
+
+pub mod edm;
+pub mod params;
+pub mod train;
+pub mod unet;
+
+pub use edm::{
+    edm_coefficients, edm_loss_weight, precond_forward, EdmCoefficients, EdmDenoiser,
+    DEFAULT_SIGMA_DATA, DEFAULT_SIGMA_MAX, DEFAULT_SIGMA_MIN,
+};
+pub use params::SeededParams;
+pub use train::{held_out_loss_per_sigma, load_images_npy, TrainConfig, Trainer};
+pub use unet::{init_unet, param_count, UNet, UNetConfig};
