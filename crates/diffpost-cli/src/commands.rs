@@ -136,7 +136,7 @@ pub fn sample(config_path: &Path, quiet: bool) -> Result<()> {
         "operator": l.op.name(),
         "eta": l.eta,
         "n": run.n,
-        "d": l.gmm.dim(),
+        "d": l.d,
         "seed": run.seed,
         "score_evals_per_sample": first.score_evals,
         "wall_s": wall,
@@ -145,12 +145,24 @@ pub fn sample(config_path: &Path, quiet: bool) -> Result<()> {
         &out_dir.join("summary.json"),
         serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;
+    if l.image_shape.is_some() {
+        let m = crate::image_out::write(&l, &samples, &out_dir)?;
+        if !quiet {
+            eprintln!(
+                "posterior mean: PSNR {} SSIM {}; pseudo-inverse PSNR {}; grids in {}",
+                m["mean"]["quality"]["psnr"],
+                m["mean"]["quality"]["ssim"],
+                m["pseudo_inverse"]["quality"]["psnr"],
+                out_dir.display()
+            );
+        }
+    }
     if !quiet {
         eprintln!(
             "{}: {} samples (d = {}) in {:.2} s, {} score evaluations per sample -> {}",
             spec.name(),
             run.n,
-            l.gmm.dim(),
+            l.d,
             wall,
             first.score_evals,
             out_dir.display()
@@ -226,6 +238,44 @@ pub fn problem_denoise(d: usize, eta: f64, seed: u64, out: &Path) -> Result<()> 
     Ok(())
 }
 
+pub fn measure(config_path: &Path, out: &Path) -> Result<()> {
+    let l = config::load(config_path)?;
+    let truth = l.truth.as_ref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: [measurement] needs `truth` (and optionally `index`, `noise_seed`) to simulate y",
+            config_path.display()
+        )
+    })?;
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("{}: cannot create folder", out.display()))?;
+    let y: Vec<f64> = l.y.to_vec1()?;
+    diffpost::io::write_npy(&out.join("y.npy"), &vec_tensor(&y)?)?;
+    diffpost::io::write_npy(&out.join("x_true.npy"), &vec_tensor(truth)?)?;
+    if let Some(shape) = l.image_shape {
+        let pinv: Vec<f64> =
+            l.op.pseudo_inverse(&l.y.unsqueeze(0)?)?
+                .flatten_all()?
+                .to_vec1()?;
+        diffpost::imaging::save_grid(
+            &out.join("measurement.png"),
+            &[truth.clone(), pinv],
+            shape,
+            2,
+            -1.0,
+            1.0,
+        )?;
+    }
+    println!(
+        "operator {}: m = {} real measurements, eta = {} (units of x); wrote {}/y.npy, x_true.npy{}",
+        l.op.name(),
+        l.op.out_dim(),
+        l.eta,
+        out.display(),
+        if l.image_shape.is_some() { ", measurement.png (truth | pseudo-inverse)" } else { "" }
+    );
+    Ok(())
+}
+
 /// Exact reference and noise floors for samples of size `n`.
 pub fn reference(
     post: &GaussianMixture,
@@ -263,7 +313,8 @@ pub fn reference(
 pub fn eval(config_path: &Path, samples: &Path, n_ref: usize) -> Result<()> {
     let l = config::load(config_path)?;
     let x = diffpost::io::read_array(samples, "samples")?;
-    let d = l.gmm.dim();
+    let gmm = l.gmm.as_ref().ok_or_else(|| anyhow::anyhow!("eval needs an analytic prior (gmm/isotropic) with an exact posterior; image priors report PSNR/SSIM in metrics.json"))?;
+    let d = l.d;
     let n = match x.dims() {
         [n, dd] if *dd == d => *n,
         other => bail!(
@@ -274,7 +325,7 @@ pub fn eval(config_path: &Path, samples: &Path, n_ref: usize) -> Result<()> {
     if n < 2 {
         bail!("{}: need at least 2 samples", samples.display());
     }
-    let post = l.gmm.posterior(l.op.as_ref(), &l.y_vec, l.eta)?;
+    let post = gmm.posterior(l.op.as_ref(), &l.y_vec, l.eta)?;
     let (reference, floors) = reference(&post, n, n_ref)?;
     let xv: Vec<f64> = x.flatten_all()?.to_vec1()?;
     let m = reference.evaluate(&xv)?.with_floor(&floors);

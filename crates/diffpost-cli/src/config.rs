@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Tensor;
+use diffpost::operator::image::ImageOperatorSpec;
 use diffpost::operator::{Dense, Identity, LinearOperator, Mask};
 use diffpost::prior::{Denoiser, GaussianMixture, Perturbation, Perturbed};
 use serde::{Deserialize, Serialize};
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub prior: PriorSection,
-    pub operator: OperatorSection,
+    pub operator: toml::Table,
     pub measurement: MeasurementSection,
     #[serde(default)]
     pub sampler: toml::Table,
@@ -60,8 +61,15 @@ pub struct OperatorSection {
 #[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct MeasurementSection {
-    /// Path to `y.npy` (`[m]`).
-    pub y: PathBuf,
+    /// Path to `y.npy` (`[m]`); or give `truth` to simulate `y = A x_true + eta xi`.
+    pub y: Option<PathBuf>,
+    /// Ground truth to simulate from: images `.npy` `[N,H,W]`/`[N,C,H,W]` (u8 0..255, [0,1] or
+    /// [-1,1]; mapped to [-1,1]) for image priors, `[d]` or `[N,d]` in x units otherwise.
+    pub truth: Option<PathBuf>,
+    /// Which row of `truth` (default 0).
+    pub index: Option<usize>,
+    /// Seed of the simulated measurement noise (default 0).
+    pub noise_seed: Option<u64>,
     /// Noise standard deviation per measurement, in the units of x.
     pub eta: f64,
 }
@@ -101,7 +109,13 @@ impl Default for RunSection {
 pub struct Loaded {
     pub cfg: Config,
     pub dir: PathBuf,
-    pub gmm: GaussianMixture,
+    /// The analytic prior (exact posteriors, MALA, exact-prior init); `None` for networks.
+    pub gmm: Option<GaussianMixture>,
+    /// `[C, H, W]` for image priors.
+    pub image_shape: Option<[usize; 3]>,
+    /// The ground truth, when the measurement was simulated from it.
+    pub truth: Option<Vec<f64>>,
+    pub d: usize,
     /// The prior samplers see (the GMM, or the GMM with a perturbed score).
     pub prior: Box<dyn Denoiser>,
     pub perturbed: bool,
@@ -119,6 +133,59 @@ impl Loaded {
     pub fn resolve(&self, p: &Path) -> PathBuf {
         resolve(&self.dir, p)
     }
+}
+
+/// One ground-truth row: images are mapped to [-1, 1] (as training does); vectors are read as is.
+pub fn read_truth(
+    path: &Path,
+    image_shape: Option<[usize; 3]>,
+    d: usize,
+    index: usize,
+) -> Result<Vec<f64>> {
+    let t = match image_shape {
+        Some([c, h, w]) => {
+            let t = diffpost::nn::load_images_npy(path)?;
+            if t.dims()[1..] != [c, h, w] {
+                bail!(
+                    "{}: images are {:?} (C, H, W), the model expects [{c}, {h}, {w}]",
+                    path.display(),
+                    &t.dims()[1..]
+                );
+            }
+            t.flatten_from(1)?.to_dtype(candle_core::DType::F64)?
+        }
+        None => {
+            let t = diffpost::io::read_array(path, "ground truth")?;
+            match t.dims() {
+                [n] if *n == d => t.unsqueeze(0)?,
+                [_, n] if *n == d => t,
+                other => bail!(
+                    "{}: ground truth must be [d] or [N, d] with d = {d}, got {other:?}",
+                    path.display()
+                ),
+            }
+        }
+    };
+    let n = t.dims()[0];
+    if index >= n {
+        bail!(
+            "{}: index {index} is out of range ({n} rows)",
+            path.display()
+        );
+    }
+    Ok(t.get(index)?.to_vec1()?)
+}
+
+/// `y = A x + eta xi`, `xi` from its own seeded stream.
+pub fn simulate(op: &dyn LinearOperator, x: &[f64], eta: f64, seed: u64) -> Result<Vec<f64>> {
+    let xt = Tensor::from_vec(x.to_vec(), (1, x.len()), &candle_core::Device::Cpu)?;
+    let ax: Vec<f64> = op.apply(&xt)?.flatten_all()?.to_vec1()?;
+    let mut s = diffpost::rng::SampleStreams::new(seed, [u64::MAX - 1]);
+    Ok(ax
+        .iter()
+        .zip(s.normal_vec(ax.len()))
+        .map(|(a, z)| a + eta * z)
+        .collect())
 }
 
 pub fn resolve(dir: &Path, p: &Path) -> PathBuf {
@@ -177,13 +244,39 @@ pub fn load(path: &Path) -> Result<Loaded> {
             ),
         }
     };
-    let gmm = load_gmm()?;
-    let d = gmm.dim();
+    let (gmm, unet): (Option<GaussianMixture>, Option<diffpost::nn::EdmDenoiser>) =
+        if pr.kind == "unet" {
+            if pr.d.is_some() || pr.var.is_some() || pr.mean.is_some() || pr.perturb.is_some() {
+                bail!(
+                    "{}: kind = \"unet\" takes only `path` (a model folder from `diffpost train`)",
+                    ctx("prior")
+                );
+            }
+            let p = pr.path.as_ref().ok_or_else(|| {
+                anyhow!(
+                    "{}: `path` (a model folder) is required for kind = \"unet\"",
+                    ctx("prior")
+                )
+            })?;
+            let m = crate::train_cmd::load_model(&resolve(&dir, p), &candle_core::Device::Cpu)
+                .with_context(|| ctx("prior.path"))?;
+            (None, Some(m))
+        } else {
+            (Some(load_gmm()?), None)
+        };
+    let image_shape = unet.as_ref().map(|u| u.image_shape());
+    let d = match (&gmm, &unet) {
+        (Some(g), _) => g.dim(),
+        (_, Some(u)) => u.dim(),
+        _ => unreachable!(),
+    };
     let mut error_norms = None;
     let mut perturbation = None;
-    let (prior, perturbed): (Box<dyn Denoiser>, bool) = match &cfg.prior.perturb {
-        None => (Box::new(load_gmm()?), false),
-        Some(p) => {
+    let (prior, perturbed): (Box<dyn Denoiser>, bool) = match (&cfg.prior.perturb, unet) {
+        (_, Some(u)) => (Box::new(u), false),
+        (None, None) => (Box::new(load_gmm()?), false),
+        (Some(p), None) => {
+            let gmm = gmm.as_ref().expect("analytic prior");
             let kind = match p.kind.as_str() {
                 "shell-trap" => {
                     let need = |v: Option<f64>, f: &str| {
@@ -214,30 +307,40 @@ pub fn load(path: &Path) -> Result<Loaded> {
             };
             let inner = Box::new(load_gmm()?);
             perturbation = Some(kind.clone());
-            let p = Perturbed::new(inner, &gmm, kind).with_context(|| ctx("prior.perturb"))?;
-            error_norms = Some(p.error_norms(&gmm, 20_000)?);
+            let p = Perturbed::new(inner, gmm, kind).with_context(|| ctx("prior.perturb"))?;
+            error_norms = Some(p.error_norms(gmm, 20_000)?);
             (Box::new(p), true)
         }
     };
-    let op: Box<dyn LinearOperator> = match cfg.operator.kind.as_str() {
-        "identity" => Box::new(Identity::new(d)),
-        "matrix" | "mask" => {
-            let p = cfg.operator.path.as_ref().ok_or_else(|| {
-                anyhow!(
-                    "{}: `path` is required for kind = \"{}\"",
-                    ctx("operator"),
-                    cfg.operator.kind
-                )
-            })?;
-            let p = resolve(&dir, p);
-            if cfg.operator.kind == "matrix" {
-                Box::new(Dense::from_npy(&p).with_context(|| ctx("operator.path"))?)
-            } else {
-                Box::new(Mask::from_npy(&p).with_context(|| ctx("operator.path"))?)
+    let op_kind = cfg
+        .operator
+        .get("kind")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string();
+    let op: Box<dyn LinearOperator> = match op_kind.as_str() {
+        "identity" | "matrix" | "mask" => {
+            let sec: OperatorSection = toml::Value::Table(cfg.operator.clone()).try_into().map_err(|e| anyhow!("{}: {e}", ctx("operator")))?;
+            match op_kind.as_str() {
+                "identity" => Box::new(Identity::new(d)),
+                kind => {
+                    let p = sec.path.as_ref().ok_or_else(|| anyhow!("{}: `path` is required for kind = \"{kind}\"", ctx("operator")))?;
+                    let p = resolve(&dir, p);
+                    if kind == "matrix" {
+                        Box::new(Dense::from_npy(&p).with_context(|| ctx("operator.path"))?)
+                    } else {
+                        Box::new(Mask::from_npy(&p).with_context(|| ctx("operator.path"))?)
+                    }
+                }
             }
         }
+        "inpaint" | "box" | "superres" | "blur" | "mri" => {
+            let shape = image_shape.ok_or_else(|| anyhow!("{}: image operator `{op_kind}` needs an image prior (kind = \"unet\")", ctx("operator")))?;
+            let spec: ImageOperatorSpec = toml::Value::Table(cfg.operator.clone()).try_into().map_err(|e| anyhow!("{}: {e}", ctx("operator")))?;
+            spec.build(shape).with_context(|| ctx("operator"))?
+        }
         other => bail!(
-            "{}: unknown operator kind `{other}` (expected \"matrix\", \"mask\" or \"identity\")",
+            "{}: unknown operator kind `{other}` (expected matrix | mask | identity | inpaint | box | superres | blur | mri)",
             ctx("operator.kind")
         ),
     };
@@ -256,19 +359,49 @@ pub fn load(path: &Path) -> Result<Loaded> {
             ctx("measurement.eta")
         );
     }
-    let y_path = resolve(&dir, &cfg.measurement.y);
-    let y =
-        diffpost::io::read_array(&y_path, "measurement y").with_context(|| ctx("measurement.y"))?;
-    if y.dims() != [op.out_dim()] {
-        bail!(
-            "{}: {} has shape {:?}, expected [{}] (m of operator `{}`)",
-            ctx("measurement.y"),
-            y_path.display(),
-            y.dims(),
-            op.out_dim(),
-            op.name()
-        );
-    }
+    let ms = &cfg.measurement;
+    let (y, truth) = match (&ms.y, &ms.truth) {
+        (Some(_), Some(_)) => bail!(
+            "{}: give either `y` or `truth` (to simulate y), not both",
+            ctx("measurement")
+        ),
+        (None, None) => bail!(
+            "{}: `y` (a [m] .npy) or `truth` (to simulate y) is required",
+            ctx("measurement")
+        ),
+        (Some(yp), None) => {
+            if ms.index.is_some() || ms.noise_seed.is_some() {
+                bail!(
+                    "{}: `index` and `noise_seed` apply only with `truth`",
+                    ctx("measurement")
+                );
+            }
+            let y_path = resolve(&dir, yp);
+            let y = diffpost::io::read_array(&y_path, "measurement y")
+                .with_context(|| ctx("measurement.y"))?;
+            if y.dims() != [op.out_dim()] {
+                bail!(
+                    "{}: {} has shape {:?}, expected [{}] (m of operator `{}`)",
+                    ctx("measurement.y"),
+                    y_path.display(),
+                    y.dims(),
+                    op.out_dim(),
+                    op.name()
+                );
+            }
+            (y, None)
+        }
+        (None, Some(tp)) => {
+            let tp = resolve(&dir, tp);
+            let x = read_truth(&tp, image_shape, d, ms.index.unwrap_or(0))
+                .with_context(|| ctx("measurement.truth"))?;
+            let y = simulate(op.as_ref(), &x, eta, ms.noise_seed.unwrap_or(0))?;
+            (
+                Tensor::from_vec(y, op.out_dim(), &candle_core::Device::Cpu)?,
+                Some(x),
+            )
+        }
+    };
     let y_vec: Vec<f64> = y.to_vec1()?;
     if cfg.run.n == 0 {
         bail!("{}: n must be >= 1", ctx("run.n"));
@@ -280,6 +413,9 @@ pub fn load(path: &Path) -> Result<Loaded> {
         cfg,
         dir,
         gmm,
+        image_shape,
+        truth,
+        d,
         prior,
         perturbed,
         error_norms,

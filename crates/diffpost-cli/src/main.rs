@@ -2,6 +2,7 @@
 
 mod commands;
 mod config;
+mod image_out;
 mod spec;
 mod train_cmd;
 
@@ -35,6 +36,14 @@ enum Cmd {
     Problem {
         #[command(subcommand)]
         kind: ProblemKind,
+    },
+    /// Simulate a measurement `y = A x_true + eta xi` from the config's `[measurement] truth`:
+    /// writes OUT/y.npy, OUT/x_true.npy (and PNGs for images).
+    Measure {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Distances of samples to the exact posterior, with their Monte-Carlo noise floors (JSON).
     Eval {
@@ -144,6 +153,7 @@ fn main() {
         Cmd::Problem {
             kind: ProblemKind::Denoise { d, eta, seed, out },
         } => commands::problem_denoise(d, eta, seed, &out),
+        Cmd::Measure { config, out } => commands::measure(&config, &out),
         Cmd::Eval {
             config,
             samples,

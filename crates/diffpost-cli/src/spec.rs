@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Result};
 use candle_core::Tensor;
-use diffpost::prior::Denoiser;
 use diffpost::rng::SampleStreams;
 use diffpost::sampler::annealed::{AnnealedConfig, EtaSchedule};
 use diffpost::sampler::cs::{CsConfig, Estimator};
@@ -296,7 +295,15 @@ pub fn run(
     mon: &dyn Monitor,
 ) -> Result<Output> {
     let problem = Problem::new(l.prior.as_ref(), l.op.as_ref(), &l.y, l.eta)?;
-    let exact_prior: Option<&dyn diffpost::prior::ExactSample> = Some(&l.gmm);
+    let exact_prior: Option<&dyn diffpost::prior::ExactSample> = l
+        .gmm
+        .as_ref()
+        .map(|g| g as &dyn diffpost::prior::ExactSample);
+    let need_gmm = |what: &str| {
+        l.gmm
+            .as_ref()
+            .ok_or_else(|| anyhow!("[sampler] {what} needs an analytic (gmm/isotropic) prior"))
+    };
     let out = match spec {
         Spec::Annealed(c) => annealed::sample(&problem, exact_prior, c, streams, mon)?,
         Spec::Ula(c) => ula::sample(&problem, exact_prior, c, streams, mon)?,
@@ -304,12 +311,15 @@ pub fn run(
             if l.perturbed {
                 bail!("[sampler] mala needs the prior's log-density, which a perturbed score does not have");
             }
-            mala::sample(&problem, &l.gmm, exact_prior, c, streams, mon)?
+            mala::sample(&problem, need_gmm("mala")?, exact_prior, c, streams, mon)?
         }
         Spec::Dps(c) => dps::sample(&problem, c, streams, mon)?,
         Spec::Daps(c) => daps::sample(&problem, c, streams, mon)?,
         Spec::Ald(c) => ald::sample(&problem, c, streams, mon)?,
-        Spec::Exact => exact::sample(&l.gmm.posterior(l.op.as_ref(), &l.y_vec, l.eta)?, streams)?,
+        Spec::Exact => exact::sample(
+            &need_gmm("exact")?.posterior(l.op.as_ref(), &l.y_vec, l.eta)?,
+            streams,
+        )?,
         Spec::Prior(c) => diffusion::sample(l.prior.as_ref(), c, streams, mon)?,
         Spec::Cs(c) => cs::sample(&problem, c, streams, mon)?,
         Spec::Local {
@@ -338,7 +348,7 @@ pub fn run(
                 WarmStart::File(p) => {
                     let p = l.resolve(p);
                     let t = diffpost::io::read_array(&p, "warm start x0")?;
-                    let d = l.gmm.dim();
+                    let d = l.d;
                     let t = match t.dims() {
                         [dd] if *dd == d => t.unsqueeze(0)?,
                         [_, dd] if *dd == d => {

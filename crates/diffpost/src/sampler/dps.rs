@@ -85,6 +85,19 @@ pub fn sample(
         })
         .collect();
     let (smin, smax) = problem.prior.sigma_range();
+    // Clamp the schedule to the model's trained range (as EDM does): timesteps whose sigma_t
+    // exceeds sigma_max are skipped; x_T ~ N(0, I) is then a start at the first kept level (for
+    // sigma_max = 80, abar = 1.6e-4, so the VP marginal is N(0, I) to that accuracy).
+    let sig_of = |t: usize| ((1.0 - abar[t]) / abar[t]).sqrt();
+    let ts: Vec<usize> = ts.into_iter().filter(|&t| sig_of(t) <= smax).collect();
+    if ts.is_empty() {
+        return Err(Error::SigmaOutOfRange {
+            sigma: sig_of(0),
+            min: smin,
+            max: smax,
+        });
+    }
+    let n = ts.len();
     let shape = problem.prior.sample_shape();
     let mut x = streams.randn(&shape, &problem.device())?; // x_T ~ N(0, I) in VP
     for (i, &t) in ts.iter().enumerate() {

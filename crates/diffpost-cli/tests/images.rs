@@ -1,0 +1,225 @@
+//! The image workflow end to end on a tiny model: train (a few steps), measure, sample with DPS
+//! and with Algorithm 2 warm-started from DPS, and the outputs (grids, metrics.json); plus clear
+//! errors for mismatched shapes between image, operator and model.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_diffpost"))
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("diffpost-img-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Writes a u8 `.npy` of shape `[n, h, w]`.
+fn write_u8_npy(path: &Path, n: usize, h: usize, w: usize, f: impl Fn(usize, usize, usize) -> u8) {
+    let header = format!("{{'descr': '|u1', 'fortran_order': False, 'shape': ({n}, {h}, {w}), }}");
+    let mut h_bytes = header.into_bytes();
+    while (10 + h_bytes.len() + 1) % 64 != 0 {
+        h_bytes.push(b' ');
+    }
+    h_bytes.push(b'\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(h_bytes.len() as u16).to_le_bytes());
+    out.extend_from_slice(&h_bytes);
+    for k in 0..n {
+        for i in 0..h {
+            for j in 0..w {
+                out.push(f(k, i, j));
+            }
+        }
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+fn ok(c: &mut Command) -> String {
+    let o = c.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "command failed: {err}");
+    err
+}
+
+fn fails(c: &mut Command, needles: &[&str]) {
+    let o = c.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success(), "expected failure");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    for n in needles {
+        assert!(err.contains(n), "error should mention `{n}`: {err}");
+    }
+}
+
+#[test]
+fn train_measure_sample_images() {
+    let dir = tmpdir("flow");
+    // 40 blobs, 8x8.
+    write_u8_npy(&dir.join("data.npy"), 40, 8, 8, |k, i, j| {
+        let (ci, cj) = ((k % 5) as f64 + 1.5, (k / 8) as f64 + 1.5);
+        let r2 = (i as f64 - ci).powi(2) + (j as f64 - cj).powi(2);
+        (255.0 * (-r2 / 3.0).exp()) as u8
+    });
+    std::fs::write(
+        dir.join("unet.toml"),
+        "[model]\nbase_channels = 8\nchannel_mults = [1, 2]\nattn_resolutions = [4]\ngroups = 4\nemb_dim = 16\nfourier_features = 4\n\
+         [train]\nsteps = 4\nbatch_size = 4\ncheckpoint_every = 2\n",
+    )
+    .unwrap();
+    let model = dir.join("model");
+    ok(bin()
+        .args(["train", "--quiet", "--data"])
+        .arg(dir.join("data.npy"))
+        .arg("--config")
+        .arg(dir.join("unet.toml"))
+        .arg("--out")
+        .arg(&model));
+    for f in [
+        "config.json",
+        "weights.safetensors",
+        "checkpoint.safetensors",
+        "loss.txt",
+    ] {
+        assert!(model.join(f).exists(), "model folder lacks {f}");
+    }
+    // Resume: asking for more steps continues from the checkpoint.
+    std::fs::write(
+        dir.join("unet.toml"),
+        std::fs::read_to_string(dir.join("unet.toml"))
+            .unwrap()
+            .replace("steps = 4", "steps = 6"),
+    )
+    .unwrap();
+    let err = ok(bin()
+        .args(["train", "--data"])
+        .arg(dir.join("data.npy"))
+        .arg("--config")
+        .arg(dir.join("unet.toml"))
+        .arg("--out")
+        .arg(&model));
+    assert!(err.contains("resuming from step 4"), "{err}");
+
+    let cfg = |sampler: &str, op: &str, out: &str| {
+        format!(
+            "[prior]\nkind = \"unet\"\npath = \"model\"\n[operator]\n{op}\n[measurement]\ntruth = \"data.npy\"\nindex = 3\neta = 0.1\n\
+             [sampler]\n{sampler}\n[run]\nn = 3\nseed = 1\nout = \"{out}\"\n"
+        )
+    };
+    std::fs::write(
+        dir.join("dps.toml"),
+        cfg(
+            "kind = \"dps\"\nsteps = 6",
+            "kind = \"superres\"\nfactor = 2",
+            "out_dps",
+        ),
+    )
+    .unwrap();
+    ok(bin()
+        .args(["measure", "--config"])
+        .arg(dir.join("dps.toml"))
+        .arg("--out")
+        .arg(dir.join("meas")));
+    assert!(dir.join("meas/y.npy").exists() && dir.join("meas/measurement.png").exists());
+    ok(bin()
+        .args(["sample", "--quiet", "--config"])
+        .arg(dir.join("dps.toml")));
+    for f in [
+        "samples.npy",
+        "summary.json",
+        "metrics.json",
+        "grid.png",
+        "samples.png",
+        "mean.png",
+        "std.png",
+        "pinv.png",
+        "truth.png",
+    ] {
+        assert!(dir.join("out_dps").join(f).exists(), "missing {f}");
+    }
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("out_dps/metrics.json")).unwrap())
+            .unwrap();
+    assert!(m["mean"]["quality"]["psnr"].is_number());
+    // 8 x 8 is below SSIM's 11 x 11 window: reported as null, not an error.
+    assert!(m["mean"]["quality"]["ssim"].is_null());
+    assert!(m["pseudo_inverse"]["quality"]["psnr"].is_number());
+    assert_eq!(m["samples"].as_array().unwrap().len(), 3);
+    assert!(m["samples"][0]["residual"].is_number());
+
+    // Algorithm 2 warm-started from DPS, on MRI.
+    std::fs::write(
+        dir.join("local.toml"),
+        cfg(
+            "kind = \"local\"\nwarm_start = \"dps\"\nwarm_steps = 4\nsigma = 0.5\nstages = 3\nsteps_per_stage = 2\ninit_steps = 3",
+            "kind = \"mri\"\nacceleration = 2\ncenter_lines = 2",
+            "out_local",
+        ),
+    )
+    .unwrap();
+    ok(bin()
+        .args(["sample", "--quiet", "--config"])
+        .arg(dir.join("local.toml")));
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("out_local/summary.json")).unwrap())
+            .unwrap();
+    // DPS warm start (forward + backward per step) + diffusion start + 2 stages of 2 steps.
+    assert!(s["score_evals_per_sample"].as_u64().unwrap() > 7, "{s}");
+
+    // Mismatched shapes: images of another size than the model's.
+    write_u8_npy(&dir.join("small.npy"), 2, 6, 6, |_, _, _| 0);
+    std::fs::write(
+        dir.join("bad1.toml"),
+        cfg("kind = \"dps\"", "kind = \"superres\"\nfactor = 2", "o")
+            .replace("data.npy", "small.npy"),
+    )
+    .unwrap();
+    fails(
+        bin()
+            .args(["sample", "--quiet", "--config"])
+            .arg(dir.join("bad1.toml")),
+        &["small.npy", "[1, 6, 6]", "[1, 8, 8]"],
+    );
+    // An operator that does not fit the image (factor 3 does not divide 8).
+    std::fs::write(
+        dir.join("bad2.toml"),
+        cfg("kind = \"dps\"", "kind = \"superres\"\nfactor = 3", "o"),
+    )
+    .unwrap();
+    fails(
+        bin()
+            .args(["sample", "--quiet", "--config"])
+            .arg(dir.join("bad2.toml")),
+        &["operator"],
+    );
+    // Training data that does not match a configured image size.
+    std::fs::write(
+        dir.join("unet_bad.toml"),
+        "[model]\nimage_size = [28, 28]\n",
+    )
+    .unwrap();
+    fails(
+        bin()
+            .args(["train", "--quiet", "--data"])
+            .arg(dir.join("data.npy"))
+            .arg("--config")
+            .arg(dir.join("unet_bad.toml"))
+            .arg("--out")
+            .arg(dir.join("m2")),
+        &["data.npy", "[1, 8, 8]", "image_size"],
+    );
+    // An image operator with a vector prior.
+    std::fs::write(
+        dir.join("bad3.toml"),
+        "[prior]\nkind = \"isotropic\"\nd = 64\n[operator]\nkind = \"blur\"\nkernel_size = 3\nstd = 1.0\n[measurement]\ny = \"y.npy\"\neta = 0.1\n",
+    )
+    .unwrap();
+    fails(
+        bin()
+            .args(["sample", "--quiet", "--config"])
+            .arg(dir.join("bad3.toml")),
+        &["needs an image prior"],
+    );
+}
