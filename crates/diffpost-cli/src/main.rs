@@ -1,4 +1,6 @@
 //! `diffpost`: the command-line tool, a thin layer over the `diffpost` library.
+// `!(x > 0.0)` is deliberate throughout: it also rejects NaN.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 mod commands;
 mod config;
