@@ -153,6 +153,7 @@ impl<'a> Table<'a> {
             step: self.step(0.2)?,
             init: self.init("diffusion")?,
             l_prior: self.get("l_prior")?,
+            score_sigma: self.get("score_sigma")?,
         })
     }
 
@@ -227,6 +228,7 @@ pub fn parse(t: &toml::Table) -> Result<Spec> {
                 step: tb.step(0.2)?,
                 init: tb.init("diffusion")?,
                 l_prior: tb.get("l_prior")?,
+                score_sigma: tb.get("score_sigma")?,
             })
         }
         "mala" => {

@@ -460,64 +460,76 @@ fn npy_images_are_scaled_to_unit_range() {
 }
 
 /// Timings for the report: `cargo test --release -p diffpost --test nn -- --ignored --nocapture`.
+/// The fused CPU kernels and candle's own ops are timed interleaved in the same run (the
+/// machine is shared and noisy: compare the two medians, not absolute times across runs).
 #[test]
 #[ignore]
 fn timing_default_config() {
+    fn median(mut ts: Vec<f64>) -> f64 {
+        ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        ts[ts.len() / 2] * 1e3
+    }
+    fn time(f: &mut dyn FnMut()) -> f64 {
+        let t0 = std::time::Instant::now();
+        f();
+        t0.elapsed().as_secs_f64()
+    }
     let cfg = UNetConfig::default();
     println!("default UNet parameters: {}", param_count(&cfg).unwrap());
     let dev = Device::Cpu;
     let (net, _) = init_unet(&cfg, 0, &dev).unwrap();
-    let den = EdmDenoiser::new(net, dev.clone()).unwrap();
+    let dens = [true, false]
+        .map(|on| EdmDenoiser::new(net.clone().with_fused_kernels(on), dev.clone()).unwrap());
     let x = SampleStreams::range(1, 16).randn(&[784], &dev).unwrap();
-    let _ = den.denoise(&x, 1.0).unwrap();
-    let mut ts = Vec::new();
-    for _ in 0..7 {
-        let t0 = std::time::Instant::now();
-        let _ = den.denoise(&x, 1.0).unwrap();
-        ts.push(t0.elapsed().as_secs_f64());
-    }
-    ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    println!("forward batch 16, 28x28: median {:.1} ms", ts[3] * 1e3);
     let xv = Var::from_tensor(&x).unwrap();
-    let mut ts = Vec::new();
-    for _ in 0..5 {
-        let t0 = std::time::Instant::now();
-        let g = den
-            .denoise(xv.as_tensor(), 1.0)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        assert!(g.get(&xv).is_some());
-        ts.push(t0.elapsed().as_secs_f64());
-    }
-    ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    println!(
-        "forward+backward wrt x, batch 16: median {:.1} ms",
-        ts[2] * 1e3
-    );
     let data = blobs(256, 28, 1);
-    let mut tr = Trainer::new(
-        cfg,
-        TrainConfig {
-            batch_size: 32,
-            ..Default::default()
-        },
-        &data,
-        &dev,
-    )
-    .unwrap();
-    tr.step().unwrap();
-    let mut ts = Vec::new();
-    for _ in 0..5 {
-        let t0 = std::time::Instant::now();
+    let mut trs = [true, false].map(|on| {
+        let mut tr = Trainer::new(
+            cfg.clone(),
+            TrainConfig {
+                batch_size: 32,
+                ..Default::default()
+            },
+            &data,
+            &dev,
+        )
+        .unwrap();
+        tr.set_fused_kernels(on);
         tr.step().unwrap();
-        ts.push(t0.elapsed().as_secs_f64());
+        tr
+    });
+    let (mut fwd, mut bwd, mut step) = ([vec![], vec![]], [vec![], vec![]], [vec![], vec![]]);
+    for _ in 0..7 {
+        for (i, den) in dens.iter().enumerate() {
+            fwd[i].push(time(&mut || {
+                den.denoise(&x, 1.0).unwrap();
+            }));
+            bwd[i].push(time(&mut || {
+                let g = den
+                    .denoise(xv.as_tensor(), 1.0)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                assert!(g.get(&xv).is_some());
+            }));
+        }
+        for (i, tr) in trs.iter_mut().enumerate() {
+            step[i].push(time(&mut || {
+                tr.step().unwrap();
+            }));
+        }
     }
-    ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    println!(
-        "training step batch 32, 28x28: median {:.1} ms",
-        ts[2] * 1e3
-    );
+    for (name, ts) in [
+        ("forward batch 16, 28x28", fwd),
+        ("forward+backward wrt x, batch 16", bwd),
+        ("training step batch 32, 28x28", step),
+    ] {
+        let [a, b] = ts.map(median);
+        println!(
+            "{name}: median fused {a:.1} ms, candle ops {b:.1} ms ({:.2}x)",
+            b / a
+        );
+    }
 }

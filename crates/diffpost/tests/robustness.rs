@@ -131,6 +131,7 @@ fn annealed_survives_shell_trap_where_ula_is_captured() {
         step: StepRule::Relative { h_rel: 0.05 },
         init,
         l_prior: None,
+        score_sigma: None,
     };
     let u = ula::sample(
         &problem,

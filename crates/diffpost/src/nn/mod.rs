@@ -3,6 +3,7 @@
 //! ([`train`]). Models are f32; samplers see f64 `D(x, sigma)` on flattened `[B, C*H*W]` batches.
 
 pub mod edm;
+pub mod kernels;
 pub mod params;
 pub mod train;
 pub mod unet;

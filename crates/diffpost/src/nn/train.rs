@@ -161,6 +161,12 @@ impl Trainer {
         })
     }
 
+    /// Whether the model uses the fused CPU kernels (default: yes); see
+    /// [`UNet::set_fused_kernels`]. Results differ only by float rounding.
+    pub fn set_fused_kernels(&mut self, on: bool) {
+        self.model.set_fused_kernels(on);
+    }
+
     /// Steps taken so far.
     pub fn step_count(&self) -> u64 {
         self.step

@@ -14,7 +14,9 @@
 use std::f64::consts::FRAC_1_SQRT_2;
 
 use candle_core::{Device, Module, Result, Tensor, D};
-use candle_nn::{conv2d, group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{conv2d, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+
+use super::kernels;
 use serde::{Deserialize, Serialize};
 
 /// Architecture of [`UNet`] (serde-ready: the CLI stores it as `model/config.json`).
@@ -157,37 +159,132 @@ impl UNetConfig {
 
 const GN_EPS: f64 = 1e-5;
 
-fn conv3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
+/// A convolution with bias (candle-nn's parameters and initialisation) that runs the fused
+/// im2col + GEMM kernel ([`kernels::conv2d`]) on f32 CPU tensors and candle's conv elsewhere.
+#[derive(Debug, Clone)]
+struct Conv {
+    inner: Conv2d,
+    stride: usize,
+    pad: usize,
+}
+
+impl Conv {
+    fn bias(&self) -> Result<&Tensor> {
+        self.inner
+            .bias()
+            .ok_or_else(|| candle_core::Error::Msg("UNet convs have a bias".into()))
+    }
+
+    fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
+        if fused && kernels::supported(x) {
+            kernels::conv2d(x, self.inner.weight(), self.bias()?, self.stride, self.pad)
+        } else {
+            self.inner.forward(x)
+        }
+    }
+
+    /// Convolution plus a per-sample, per-channel term `add: [B, Cout]` (folded into the bias).
+    fn forward_add(&self, x: &Tensor, add: &Tensor, fused: bool) -> Result<Tensor> {
+        if fused && kernels::supported(x) {
+            let bias = add.broadcast_add(&self.bias()?.unsqueeze(0)?)?;
+            kernels::conv2d(x, self.inner.weight(), &bias, self.stride, self.pad)
+        } else {
+            let h = self.inner.forward(x)?;
+            let (b, c, _, _) = h.dims4()?;
+            h.broadcast_add(&add.reshape((b, c, 1, 1))?)
+        }
+    }
+}
+
+fn conv3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Conv> {
     let cfg = Conv2dConfig {
         padding: 1,
         stride,
         ..Default::default()
     };
-    conv2d(cin, cout, 3, cfg, vb)
+    Ok(Conv {
+        inner: conv2d(cin, cout, 3, cfg, vb)?,
+        stride,
+        pad: 1,
+    })
 }
 
-fn conv1(cin: usize, cout: usize, vb: VarBuilder) -> Result<Conv2d> {
-    conv2d(cin, cout, 1, Conv2dConfig::default(), vb)
+fn conv1(cin: usize, cout: usize, vb: VarBuilder) -> Result<Conv> {
+    Ok(Conv {
+        inner: conv2d(cin, cout, 1, Conv2dConfig::default(), vb)?,
+        stride: 1,
+        pad: 0,
+    })
+}
+
+/// GroupNorm (candle-nn's parameter names and initialisation), optionally followed by SiLU:
+/// one fused kernel ([`kernels::group_norm`]) on f32 CPU tensors, candle's ops elsewhere.
+#[derive(Debug, Clone)]
+struct Norm {
+    inner: GroupNorm,
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+}
+
+fn group_norm(groups: usize, ch: usize, vb: VarBuilder) -> Result<Norm> {
+    let weight = vb.get_with_hints(ch, "weight", candle_nn::Init::Const(1.))?;
+    let bias = vb.get_with_hints(ch, "bias", candle_nn::Init::Const(0.))?;
+    Ok(Norm {
+        inner: GroupNorm::new(weight.clone(), bias.clone(), ch, groups, GN_EPS)?,
+        weight,
+        bias,
+        groups,
+    })
+}
+
+impl Norm {
+    fn forward(&self, x: &Tensor, silu: bool, fused: bool) -> Result<Tensor> {
+        if fused && kernels::supported(x) {
+            kernels::group_norm(x, &self.weight, &self.bias, self.groups, GN_EPS, silu)
+        } else if silu {
+            self.inner.forward(x)?.silu()
+        } else {
+            self.inner.forward(x)
+        }
+    }
+}
+
+/// `(a + b) * s`: one fused pass on f32 CPU tensors.
+fn add_scale(a: &Tensor, b: &Tensor, s: f64, fused: bool) -> Result<Tensor> {
+    if fused && kernels::supported(a) && a.dims() == b.dims() {
+        kernels::add_scale(a, b, s)
+    } else {
+        (a + b)? * s
+    }
+}
+
+fn silu(x: &Tensor, fused: bool) -> Result<Tensor> {
+    if fused && kernels::supported(x) {
+        kernels::silu(x)
+    } else {
+        x.silu()
+    }
 }
 
 /// GroupNorm -> SiLU -> conv3x3 (+ embedding) -> GroupNorm -> SiLU -> conv3x3, plus the skip.
 #[derive(Debug, Clone)]
 struct ResBlock {
-    norm1: GroupNorm,
-    conv1: Conv2d,
+    norm1: Norm,
+    conv1: Conv,
     emb: Linear,
-    norm2: GroupNorm,
-    conv2: Conv2d,
-    skip: Option<Conv2d>,
+    norm2: Norm,
+    conv2: Conv,
+    skip: Option<Conv>,
 }
 
 impl ResBlock {
     fn new(cin: usize, cout: usize, cfg: &UNetConfig, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            norm1: group_norm(cfg.groups, cin, GN_EPS, vb.pp("norm1"))?,
+            norm1: group_norm(cfg.groups, cin, vb.pp("norm1"))?,
             conv1: conv3(cin, cout, 1, vb.pp("conv1"))?,
             emb: linear(cfg.emb_dim, cout, vb.pp("emb"))?,
-            norm2: group_norm(cfg.groups, cout, GN_EPS, vb.pp("norm2"))?,
+            norm2: group_norm(cfg.groups, cout, vb.pp("norm2"))?,
             conv2: conv3(cout, cout, 1, vb.pp("conv2"))?,
             skip: if cin != cout {
                 Some(conv1(cin, cout, vb.pp("skip"))?)
@@ -198,24 +295,27 @@ impl ResBlock {
     }
 
     /// `emb`: the activated noise embedding `[B, emb_dim]`.
-    fn forward(&self, x: &Tensor, emb: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
-        let (b, c, _, _) = h.dims4()?;
-        let h = h.broadcast_add(&self.emb.forward(emb)?.reshape((b, c, 1, 1))?)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+    fn forward(&self, x: &Tensor, emb: &Tensor, fused: bool) -> Result<Tensor> {
+        let e = self.emb.forward(emb)?;
+        let h = self
+            .conv1
+            .forward_add(&self.norm1.forward(x, true, fused)?, &e, fused)?;
+        let h = self
+            .conv2
+            .forward(&self.norm2.forward(&h, true, fused)?, fused)?;
         let skip = match &self.skip {
-            Some(s) => s.forward(x)?,
+            Some(s) => s.forward(x, fused)?,
             None => x.clone(),
         };
         // EDM's skip scaling keeps activations at unit scale through the stack.
-        (skip + h)? * FRAC_1_SQRT_2
+        add_scale(&skip, &h, FRAC_1_SQRT_2, fused)
     }
 }
 
 /// Multi-head self-attention over the `H*W` positions (matmul + softmax: candle has no CPU sdpa).
 #[derive(Debug, Clone)]
 struct Attention {
-    norm: GroupNorm,
+    norm: Norm,
     qkv: Linear,
     proj: Linear,
     heads: usize,
@@ -224,20 +324,20 @@ struct Attention {
 impl Attention {
     fn new(ch: usize, cfg: &UNetConfig, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            norm: group_norm(cfg.groups, ch, GN_EPS, vb.pp("norm"))?,
+            norm: group_norm(cfg.groups, ch, vb.pp("norm"))?,
             qkv: linear(ch, 3 * ch, vb.pp("qkv"))?,
             proj: linear(ch, ch, vb.pp("proj"))?,
             heads: cfg.num_heads,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let n = h * w;
         let hd = c / self.heads;
         let t = self
             .norm
-            .forward(x)?
+            .forward(x, false, fused)?
             .reshape((b, c, n))?
             .transpose(1, 2)?
             .contiguous()?;
@@ -257,7 +357,7 @@ impl Attention {
             .forward(&o)?
             .transpose(1, 2)?
             .reshape((b, c, h, w))?;
-        (x + o)? * FRAC_1_SQRT_2
+        add_scale(x, &o, FRAC_1_SQRT_2, fused)
     }
 }
 
@@ -265,7 +365,7 @@ impl Attention {
 struct Level {
     blocks: Vec<(ResBlock, Option<Attention>)>,
     /// Stride-2 conv (down path) or nearest x2 + conv3x3 (up path); absent at the last level.
-    resample: Option<Conv2d>,
+    resample: Option<Conv>,
 }
 
 /// The raw network `F(x, c_noise)`: `x: [B, C, H, W]` f32, `c_noise: [B]` f32 -> `[B, C, H, W]`.
@@ -276,15 +376,17 @@ pub struct UNet {
     freqs: Tensor,
     emb_fc1: Linear,
     emb_fc2: Linear,
-    conv_in: Conv2d,
+    conv_in: Conv,
     down: Vec<Level>,
     mid1: ResBlock,
     mid_attn: Option<Attention>,
     mid2: ResBlock,
     /// Up levels, deepest first.
     up: Vec<Level>,
-    norm_out: GroupNorm,
-    conv_out: Conv2d,
+    norm_out: Norm,
+    conv_out: Conv,
+    /// Use the fused CPU kernels ([`kernels`]) where they apply (default).
+    fused: bool,
 }
 
 /// Lowest and highest Fourier frequency (radians per unit of `c_noise = ln(sigma)/4`; over the
@@ -376,7 +478,7 @@ impl UNet {
             up.push(Level { blocks, resample });
         }
         debug_assert!(skips.is_empty());
-        let norm_out = group_norm(cfg.groups, ch, GN_EPS, vb.pp("norm_out"))?;
+        let norm_out = group_norm(cfg.groups, ch, vb.pp("norm_out"))?;
         let conv_out = conv3(ch, cfg.in_channels, 1, vb.pp("conv_out"))?;
         Ok(Self {
             cfg: cfg.clone(),
@@ -391,7 +493,24 @@ impl UNet {
             up,
             norm_out,
             conv_out,
+            fused: true,
         })
+    }
+
+    /// Whether the fused CPU kernels ([`super::kernels`]) are used for f32 CPU inputs (the
+    /// default); off, every op is candle's own (the reference path, and the one on GPUs).
+    pub fn with_fused_kernels(mut self, on: bool) -> Self {
+        self.fused = on;
+        self
+    }
+
+    /// See [`Self::with_fused_kernels`].
+    pub fn set_fused_kernels(&mut self, on: bool) {
+        self.fused = on;
+    }
+
+    pub fn fused_kernels(&self) -> bool {
+        self.fused
     }
 
     /// The architecture.
@@ -407,9 +526,13 @@ impl UNet {
             .reshape((b, 1))?
             .broadcast_mul(&self.freqs)?;
         let feats = Tensor::cat(&[arg.cos()?, arg.sin()?], 1)?;
-        self.emb_fc2
-            .forward(&self.emb_fc1.forward(&feats)?.silu()?)?
-            .silu()
+        let f = self.fused;
+        silu(
+            &self
+                .emb_fc2
+                .forward(&silu(&self.emb_fc1.forward(&feats)?, f)?)?,
+            f,
+        )
     }
 
     /// `F(x, c_noise)`: `x: [B, C, H, W]` f32 (any `H, W >= 1`), `c_noise: [B]`.
@@ -421,47 +544,53 @@ impl UNet {
         if c_noise.dims() != [b] {
             candle_core::bail!("c_noise must have shape [{b}], got {:?}", c_noise.dims())
         }
+        let f = self.fused;
         let emb = self.embed(c_noise)?;
-        let mut h = self.conv_in.forward(x)?;
+        let mut h = self.conv_in.forward(x, f)?;
         let mut skips = vec![h.clone()];
         for level in &self.down {
             for (res, attn) in &level.blocks {
-                h = res.forward(&h, &emb)?;
+                h = res.forward(&h, &emb, f)?;
                 if let Some(a) = attn {
-                    h = a.forward(&h)?;
+                    h = a.forward(&h, f)?;
                 }
                 skips.push(h.clone());
             }
             if let Some(conv) = &level.resample {
-                h = conv.forward(&h)?;
+                h = conv.forward(&h, f)?;
                 skips.push(h.clone());
             }
         }
-        h = self.mid1.forward(&h, &emb)?;
+        h = self.mid1.forward(&h, &emb, f)?;
         if let Some(a) = &self.mid_attn {
-            h = a.forward(&h)?;
+            h = a.forward(&h, f)?;
         }
-        h = self.mid2.forward(&h, &emb)?;
+        h = self.mid2.forward(&h, &emb, f)?;
         for level in &self.up {
             for (res, attn) in &level.blocks {
                 let skip = skips.pop().expect("one skip per up block");
-                h = res.forward(&Tensor::cat(&[&h, &skip], 1)?, &emb)?;
+                h = res.forward(&Tensor::cat(&[&h, &skip], 1)?, &emb, f)?;
                 if let Some(a) = attn {
-                    h = a.forward(&h)?;
+                    h = a.forward(&h, f)?;
                 }
             }
             if let Some(conv) = &level.resample {
                 // Nearest x2, then crop to the next skip's size (odd sizes: 4 -> 8 -> 7).
                 let (_, _, th, tw) = skips.last().expect("skip for the next level").dims4()?;
                 let (_, _, hh, hw) = h.dims4()?;
-                h = h.upsample_nearest2d(2 * hh, 2 * hw)?;
-                if 2 * hh != th || 2 * hw != tw {
-                    h = h.narrow(2, 0, th)?.narrow(3, 0, tw)?;
+                if f && kernels::supported(&h) && th <= 2 * hh && tw <= 2 * hw {
+                    h = kernels::upsample2_crop(&h, th, tw)?;
+                } else {
+                    h = h.upsample_nearest2d(2 * hh, 2 * hw)?;
+                    if 2 * hh != th || 2 * hw != tw {
+                        h = h.narrow(2, 0, th)?.narrow(3, 0, tw)?;
+                    }
                 }
-                h = conv.forward(&h)?;
+                h = conv.forward(&h, f)?;
             }
         }
-        self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)
+        self.conv_out
+            .forward(&self.norm_out.forward(&h, true, f)?, f)
     }
 }
 

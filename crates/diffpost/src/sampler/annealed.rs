@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::diffusion::DiffusionConfig;
 use super::ula::{initialise, langevin, Init};
-use super::{operator_norm, prior_lipschitz, Counted, Info, Monitor, Output, Problem, StepRule};
+use super::{operator_norm, Counted, Info, Monitor, Output, Problem, StepRule};
 use crate::prior::ExactSample;
 use crate::rng::SampleStreams;
 use crate::schedule::{eta_admissible, eta_geometric, AdmissibleParams};
@@ -45,6 +45,8 @@ pub struct AnnealedConfig {
     pub init: Init,
     /// Overrides the prior's Lipschitz constant in the step rule.
     pub l_prior: Option<f64>,
+    /// Noise level of the prior score (default: the prior's sigma_min; see [`super::score_level`]).
+    pub score_sigma: Option<f64>,
 }
 
 impl Default for AnnealedConfig {
@@ -57,6 +59,7 @@ impl Default for AnnealedConfig {
             step: StepRule::Relative { h_rel: 0.2 },
             init: Init::Diffusion(DiffusionConfig::default()),
             l_prior: None,
+            score_sigma: None,
         }
     }
 }
@@ -93,7 +96,11 @@ pub fn sample(
     let a = operator_norm(problem.op)?;
     let l = match cfg.step {
         StepRule::Fixed { .. } => 0.0,
-        _ => prior_lipschitz(problem.prior, cfg.l_prior)?,
+        _ => super::prior_lipschitz_at(
+            problem.prior,
+            cfg.l_prior,
+            super::score_level(problem.prior, cfg.score_sigma)?,
+        )?,
     };
     sample_with(problem, exact, cfg, a, l, None, streams, mon, "annealed")
 }
@@ -137,6 +144,7 @@ pub(crate) fn sample_with(
     };
     let init_evals = counted.evals();
     let total = init_evals + ((n - 1) * cfg.steps_per_stage) as u64;
+    let s_sigma = super::score_level(problem.prior, cfg.score_sigma)?;
     // Step 3: Langevin toward p(x | y_{i+1}) for i = 1..N-1.
     let mut hs = Vec::with_capacity(n - 1);
     for i in 0..n - 1 {
@@ -151,6 +159,7 @@ pub(crate) fn sample_with(
             etas[i + 1],
             h,
             cfg.steps_per_stage,
+            s_sigma,
             streams,
             name,
             i + 1,

@@ -8,7 +8,7 @@ use candle_core::Tensor;
 use serde::Serialize;
 
 use super::annealed::{sample_with, AnnealedConfig};
-use super::{operator_norm, prior_lipschitz, Monitor, Output, Problem, StepRule};
+use super::{operator_norm, Monitor, Output, Problem, StepRule};
 use crate::prior::{Denoiser, GaussianTilted};
 use crate::rng::SampleStreams;
 use crate::{Error, Result};
@@ -44,7 +44,11 @@ pub fn sample(
     let a = operator_norm(problem.op)?;
     let l = match cfg.annealed.step {
         StepRule::Fixed { .. } => 0.0,
-        _ => prior_lipschitz(problem.prior, cfg.annealed.l_prior)? + 1.0 / (cfg.sigma * cfg.sigma),
+        _ => {
+            let s_sigma = super::score_level(problem.prior, cfg.annealed.score_sigma)?;
+            super::prior_lipschitz_at(problem.prior, cfg.annealed.l_prior, s_sigma)?
+                + 1.0 / (cfg.sigma * cfg.sigma)
+        }
     };
     let local = Problem {
         prior: &tilted as &dyn Denoiser,

@@ -214,6 +214,33 @@ pub(crate) fn check_finite(x: &Tensor, sampler: &str, stage: usize, step: usize)
 /// Lipschitz constant of the prior score used in step rules: the prior's own when known,
 /// else `1 / sigma_min^2` (a network's smallest level).
 pub fn prior_lipschitz(prior: &dyn Denoiser, override_: Option<f64>) -> Result<f64> {
+    prior_lipschitz_at(prior, override_, prior.sigma_range().0)
+}
+
+/// The noise level at which Langevin samplers evaluate the prior score: `score_sigma` when set
+/// (at least the prior's `sigma_min`), else `sigma_min` (0 for analytic priors, exact). Networks'
+/// smallest trained level is very stiff; a slightly larger level makes usable step sizes, at the
+/// price of targeting the posterior under the prior smoothed at that level.
+pub fn score_level(prior: &dyn Denoiser, score_sigma: Option<f64>) -> Result<f64> {
+    let smin = prior.sigma_range().0;
+    match score_sigma {
+        None => Ok(smin),
+        Some(s) if s >= smin && s.is_finite() => Ok(s),
+        Some(s) => Err(Error::param(
+            "sampler.score_sigma",
+            format!("must be finite and >= the prior's sigma_min = {smin}, got {s}"),
+        )),
+    }
+}
+
+/// [`prior_lipschitz`] for the score evaluated at `score_sigma`: without a known constant,
+/// `1 / score_sigma^2` (the smoothed score's Lipschitz bound scale); a known `L` of the unsmoothed
+/// score becomes `1 / (1/L + score_sigma^2)`.
+pub fn prior_lipschitz_at(
+    prior: &dyn Denoiser,
+    override_: Option<f64>,
+    score_sigma: f64,
+) -> Result<f64> {
     if let Some(l) = override_ {
         if !(l >= 0.0) || !l.is_finite() {
             return Err(Error::param(
@@ -224,11 +251,14 @@ pub fn prior_lipschitz(prior: &dyn Denoiser, override_: Option<f64>) -> Result<f
         return Ok(l);
     }
     if let Some(l) = prior.lipschitz() {
-        return Ok(l);
+        return Ok(if score_sigma > 0.0 {
+            1.0 / (1.0 / l + score_sigma * score_sigma)
+        } else {
+            l
+        });
     }
-    let smin = prior.sigma_range().0;
-    if smin > 0.0 {
-        Ok(1.0 / (smin * smin))
+    if score_sigma > 0.0 {
+        Ok(1.0 / (score_sigma * score_sigma))
     } else {
         Err(Error::param(
             "sampler.l_prior",

@@ -8,9 +8,10 @@ use serde::Serialize;
 
 use super::diffusion::DiffusionConfig;
 use super::{
-    check_finite, operator_norm, prior_lipschitz, Counted, Info, Monitor, Output, Problem, StepRule,
+    check_finite, operator_norm, prior_lipschitz_at, Counted, Info, Monitor, Output, Problem,
+    StepRule,
 };
-use crate::prior::{unsmoothed_score, Denoiser, ExactSample};
+use crate::prior::{Denoiser, ExactSample};
 use crate::rng::SampleStreams;
 use crate::{Error, Result};
 
@@ -57,6 +58,8 @@ pub struct UlaConfig {
     pub init: Init,
     /// Overrides the prior's Lipschitz constant in the step rule.
     pub l_prior: Option<f64>,
+    /// Noise level of the prior score (default: the prior's sigma_min; see [`super::score_level`]).
+    pub score_sigma: Option<f64>,
 }
 
 impl Default for UlaConfig {
@@ -66,6 +69,7 @@ impl Default for UlaConfig {
             step: StepRule::Relative { h_rel: 0.2 },
             init: Init::Diffusion(DiffusionConfig::default()),
             l_prior: None,
+            score_sigma: None,
         }
     }
 }
@@ -80,6 +84,7 @@ pub(crate) fn langevin(
     eta: f64,
     h: f64,
     steps: usize,
+    score_sigma: f64,
     streams: &mut SampleStreams,
     name: &str,
     stage: usize,
@@ -88,7 +93,8 @@ pub(crate) fn langevin(
     let shape = prior.sample_shape();
     let noise = (2.0 * h).sqrt();
     for k in 0..steps {
-        let drift = (unsmoothed_score(prior, &x)? + problem.likelihood_grad(&x, y_target, eta)?)?;
+        let drift =
+            (prior.score(&x, score_sigma)? + problem.likelihood_grad(&x, y_target, eta)?)?;
         let z = streams.randn(&shape, x.device())?;
         x = ((x + (drift * h)?)? + (z * noise)?)?;
         if k % 50 == 49 || k + 1 == steps {
@@ -109,9 +115,10 @@ pub fn sample(
 ) -> Result<Output> {
     cfg.step.validate()?;
     let counted = Counted::new(problem.prior);
+    let s_sigma = super::score_level(problem.prior, cfg.score_sigma)?;
     let l = match cfg.step {
         StepRule::Fixed { .. } => 0.0,
-        _ => prior_lipschitz(problem.prior, cfg.l_prior)?,
+        _ => prior_lipschitz_at(problem.prior, cfg.l_prior, s_sigma)?,
     };
     let a = operator_norm(problem.op)?;
     let h = cfg.step.step(l, a, problem.eta);
@@ -133,6 +140,7 @@ pub fn sample(
         problem.eta,
         h,
         cfg.steps,
+        s_sigma,
         streams,
         "ula",
         1,

@@ -301,6 +301,7 @@ pub mod run {
             step: StepRule::Relative { h_rel: 0.5 },
             init: Init::ExactPrior,
             l_prior: None,
+            score_sigma: None,
         }
     }
 
