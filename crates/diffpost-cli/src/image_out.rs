@@ -86,9 +86,30 @@ pub fn write(l: &Loaded, samples: &Tensor, out: &Path) -> Result<Value> {
         -1.0,
         1.0,
     )?;
-    save_grid(&out.join("mean.png"), std::slice::from_ref(&mean), shape, 1, -1.0, 1.0)?;
-    save_grid(&out.join("std.png"), std::slice::from_ref(&std), shape, 1, 0.0, std_max)?;
-    save_grid(&out.join("pinv.png"), std::slice::from_ref(&pinv), shape, 1, -1.0, 1.0)?;
+    save_grid(
+        &out.join("mean.png"),
+        std::slice::from_ref(&mean),
+        shape,
+        1,
+        -1.0,
+        1.0,
+    )?;
+    save_grid(
+        &out.join("std.png"),
+        std::slice::from_ref(&std),
+        shape,
+        1,
+        0.0,
+        std_max,
+    )?;
+    save_grid(
+        &out.join("pinv.png"),
+        std::slice::from_ref(&pinv),
+        shape,
+        1,
+        -1.0,
+        1.0,
+    )?;
     if let Some(t) = truth {
         save_grid(&out.join("truth.png"), &[t.to_vec()], shape, 1, -1.0, 1.0)?;
     }

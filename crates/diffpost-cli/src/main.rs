@@ -4,6 +4,7 @@
 
 mod commands;
 mod config;
+mod demo_images;
 mod image_out;
 mod spec;
 mod train_cmd;
@@ -59,9 +60,28 @@ enum Cmd {
     },
     /// A built-in compressed-sensing demo: every sampler against the exact posterior.
     Demo {
-        /// Samples per sampler.
-        #[arg(long, default_value_t = 1000)]
-        n: usize,
+        /// Samples per sampler (with --images: per image).
+        #[arg(long)]
+        n: Option<usize>,
+        /// The image demo: inpainting, 2x super-resolution, deblurring and 4x MRI on held-out digits
+        /// with DPS and Algorithm 2 warm-started from DPS.
+        #[arg(long)]
+        images: bool,
+        /// Output folder of the image demo.
+        #[arg(long, default_value = "demo_images")]
+        out: PathBuf,
+        /// Model folder of the image demo.
+        #[arg(long, default_value = "models/mnist")]
+        model: PathBuf,
+        /// Held-out images of the image demo.
+        #[arg(long, default_value = "data/mnist_test256.npy")]
+        data: PathBuf,
+        /// Digits per task in the image demo.
+        #[arg(long, default_value_t = 2)]
+        count: usize,
+        /// DPS steps in the image demo.
+        #[arg(long, default_value_t = 200)]
+        dps_steps: usize,
     },
     /// Train a UNet diffusion prior on images (.npy [N,H,W] or [N,C,H,W], u8 or float) by
     /// denoising score matching; resumes from OUT's checkpoint when one exists.
@@ -168,7 +188,25 @@ fn main() {
             fresh,
             quiet,
         } => train_cmd::train(&data, config.as_deref(), &out, fresh, quiet),
-        Cmd::Demo { n } => commands::demo(n),
+        Cmd::Demo {
+            n, images: false, ..
+        } => commands::demo(n.unwrap_or(1000)),
+        Cmd::Demo {
+            n,
+            images: true,
+            out,
+            model,
+            data,
+            count,
+            dps_steps,
+        } => demo_images::run(&demo_images::Opts {
+            model,
+            data,
+            out,
+            n: n.unwrap_or(4),
+            count,
+            dps_steps,
+        }),
         Cmd::Bench {
             what:
                 BenchKind::Score {

@@ -223,3 +223,62 @@ fn train_measure_sample_images() {
         &["needs an image prior"],
     );
 }
+
+#[test]
+fn demo_images_runs_on_a_tiny_model() {
+    let dir = tmpdir("demo");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist_test256.npy");
+    std::fs::write(
+        dir.join("unet.toml"),
+        "[model]\nbase_channels = 8\nchannel_mults = [1, 2]\nattn_resolutions = [7]\ngroups = 4\nemb_dim = 16\nfourier_features = 4\n\
+         [train]\nsteps = 2\nbatch_size = 4\ncheckpoint_every = 2\n",
+    )
+    .unwrap();
+    let model = dir.join("model");
+    ok(bin()
+        .args(["train", "--quiet", "--data"])
+        .arg(&data)
+        .arg("--config")
+        .arg(dir.join("unet.toml"))
+        .arg("--out")
+        .arg(&model));
+    let out = dir.join("demo");
+    let o = bin()
+        .args([
+            "demo",
+            "--images",
+            "--count",
+            "1",
+            "--n",
+            "2",
+            "--dps-steps",
+            "3",
+            "--model",
+        ])
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = String::from_utf8_lossy(&o.stdout);
+    for task in ["inpaint", "superres2x", "deblur", "mri4x"] {
+        assert!(table.contains(task), "{table}");
+        assert!(out.join(format!("{task}.png")).exists());
+    }
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let t0 = &m["tasks"][0]["results"];
+    assert_eq!(t0.as_array().unwrap().len(), 3);
+    assert!(t0[1]["psnr_mean"].is_number() && t0[2]["ssim_mean"].is_number());
+    // Without a model: a clear error saying how to get one.
+    let o = bin()
+        .args(["demo", "--images", "--model"])
+        .arg(dir.join("nothing"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("diffpost train"));
+}
