@@ -6,6 +6,7 @@ mod commands;
 mod config;
 mod demo_images;
 mod image_out;
+mod report;
 mod spec;
 mod train_cmd;
 
@@ -98,6 +99,20 @@ enum Cmd {
         fresh: bool,
         #[arg(long)]
         quiet: bool,
+    },
+    /// Report on a trained prior: unconditional samples (grid) and held-out loss per sigma.
+    Report {
+        #[arg(long, default_value = "models/mnist")]
+        model: PathBuf,
+        #[arg(long, default_value = "data/mnist_test256.npy")]
+        data: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 64)]
+        n: usize,
+        /// Heun steps (2 steps - 1 evaluations).
+        #[arg(long, default_value_t = 18)]
+        steps: usize,
     },
     /// Micro-benchmarks (JSON).
     Bench {
@@ -207,6 +222,13 @@ fn main() {
             count,
             dps_steps,
         }),
+        Cmd::Report {
+            model,
+            data,
+            out,
+            n,
+            steps,
+        } => report::run(&model, &data, &out, n, steps),
         Cmd::Bench {
             what:
                 BenchKind::Score {
