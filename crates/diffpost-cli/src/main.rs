@@ -8,6 +8,7 @@ mod demo_images;
 mod image_out;
 mod report;
 mod spec;
+mod tradeoff;
 mod train_cmd;
 
 use std::path::PathBuf;
@@ -113,6 +114,23 @@ enum Cmd {
         /// Heun steps (2 steps - 1 evaluations).
         #[arg(long, default_value_t = 18)]
         steps: usize,
+    },
+    /// The annealing-time trade-off of Algorithm 2 (L2 to truth vs distance to held-out data):
+    /// plot, table and JSON.
+    Tradeoff {
+        #[arg(long, default_value = "models/mnist")]
+        model: PathBuf,
+        #[arg(long, default_value = "data/mnist_test256.npy")]
+        data: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 32)]
+        images: usize,
+        #[arg(long, default_value_t = 200)]
+        dps_steps: usize,
+        /// Langevin steps per stage to try (0, DPS alone, is always included).
+        #[arg(long, value_delimiter = ',', default_value = "5,20,80")]
+        steps_per_stage: Vec<usize>,
     },
     /// Micro-benchmarks (JSON).
     Bench {
@@ -229,6 +247,21 @@ fn main() {
             n,
             steps,
         } => report::run(&model, &data, &out, n, steps),
+        Cmd::Tradeoff {
+            model,
+            data,
+            out,
+            images,
+            dps_steps,
+            steps_per_stage,
+        } => tradeoff::run(&tradeoff::Opts {
+            model: &model,
+            data: &data,
+            out: &out,
+            images,
+            dps_steps,
+            steps_per_stage,
+        }),
         Cmd::Bench {
             what:
                 BenchKind::Score {
