@@ -168,6 +168,36 @@ fn train_measure_sample_images() {
     // DPS warm start (forward + backward per step) + diffusion start + 2 stages of 2 steps.
     assert!(s["score_evals_per_sample"].as_u64().unwrap() > 7, "{s}");
 
+    // Every sampler that needs only D(x, sigma) runs on the network prior unchanged.
+    for (i, sampler) in [
+        "kind = \"annealed\"\nstages = 3\nsteps_per_stage = 2\ninit_steps = 3\nscore_sigma = 0.05",
+        "kind = \"cs\"\nestimator = \"least-squares\"\nstages = 3\nsteps_per_stage = 2\ninit_steps = 3",
+        "kind = \"ula\"\nsteps = 3\ninit = \"noise\"\nscore_sigma = 0.05",
+        "kind = \"daps\"\nannealing_steps = 3\node_steps = 2\nlangevin_steps = 2",
+        "kind = \"ald\"\nlevels = 3\nsteps_per_level = 2",
+        "kind = \"prior\"\nsteps = 4\ninit_method = \"heun\"",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let name = format!("s{i}.toml");
+        std::fs::write(dir.join(&name), cfg(sampler, "kind = \"inpaint\"\nrate = 0.5", &format!("out_s{i}"))).unwrap();
+        ok(bin().args(["sample", "--quiet", "--config"]).arg(dir.join(&name)));
+        assert!(dir.join(format!("out_s{i}/metrics.json")).exists(), "{sampler}");
+    }
+    // Samplers that need an analytic prior say so.
+    std::fs::write(
+        dir.join("mala.toml"),
+        cfg("kind = \"mala\"", "kind = \"inpaint\"\nrate = 0.5", "o"),
+    )
+    .unwrap();
+    fails(
+        bin()
+            .args(["sample", "--quiet", "--config"])
+            .arg(dir.join("mala.toml")),
+        &["mala", "analytic"],
+    );
+
     // Mismatched shapes: images of another size than the model's.
     write_u8_npy(&dir.join("small.npy"), 2, 6, 6, |_, _, _| 0);
     std::fs::write(
