@@ -11,12 +11,12 @@ pub mod metrics;
 pub mod schedule;
 
 pub use error::{Error, Result};
+pub mod image_metrics;
+pub mod imaging;
 pub mod io;
+pub mod nn;
 pub mod operator;
 pub mod prior;
 pub mod problem;
 pub mod rng;
 pub mod sampler;
-pub mod nn;
-pub mod imaging;
-pub mod image_metrics;
