@@ -7,6 +7,9 @@
 //! deterministic; the bounds are still chosen so that an exact sampler passes them with a margin.
 #![allow(dead_code)]
 
+#[macro_use]
+mod suite;
+
 use candle_core::{Device, Tensor};
 use nalgebra::{DMatrix, DVector};
 
