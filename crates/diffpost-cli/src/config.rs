@@ -274,7 +274,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
     let mut perturbation = None;
     let (prior, perturbed): (Box<dyn Denoiser>, bool) = match (&cfg.prior.perturb, unet) {
         (_, Some(u)) => (Box::new(u), false),
-        (None, None) => (Box::new(load_gmm()?), false),
+        (None, None) => (Box::new(gmm.clone().expect("analytic prior")), false),
         (Some(p), None) => {
             let gmm = gmm.as_ref().expect("analytic prior");
             let kind = match p.kind.as_str() {
@@ -305,7 +305,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
                     ctx("prior.perturb.kind")
                 ),
             };
-            let inner = Box::new(load_gmm()?);
+            let inner = Box::new(gmm.clone());
             perturbation = Some(kind.clone());
             let p = Perturbed::new(inner, gmm, kind).with_context(|| ctx("prior.perturb"))?;
             error_norms = Some(p.error_norms(gmm, 20_000)?);

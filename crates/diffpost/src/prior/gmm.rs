@@ -64,6 +64,22 @@ pub struct GaussianMixture {
     cache: Mutex<Vec<(u64, Arc<Smoothed>)>>,
 }
 
+/// Cheap: tensors share storage; the per-sigma cache starts empty.
+impl Clone for GaussianMixture {
+    fn clone(&self) -> Self {
+        Self {
+            d: self.d,
+            weights: self.weights.clone(),
+            means: self.means.clone(),
+            covs: self.covs.clone(),
+            kind: self.kind,
+            device: self.device.clone(),
+            means_t: self.means_t.clone(),
+            cache: Mutex::new(Vec::new()),
+        }
+    }
+}
+
 impl std::fmt::Debug for GaussianMixture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
