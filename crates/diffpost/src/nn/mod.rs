@@ -4,6 +4,7 @@
 
 pub mod edm;
 pub mod kernels;
+pub(crate) mod layers;
 pub mod params;
 pub mod train;
 pub mod unet;

@@ -14,9 +14,10 @@
 use std::f64::consts::FRAC_1_SQRT_2;
 
 use candle_core::{Device, Module, Result, Tensor, D};
-use candle_nn::{conv2d, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{linear, Linear, VarBuilder};
 
 use super::kernels;
+use super::layers::{add_scale, conv1, conv3, group_norm, silu, Conv, Norm};
 use serde::{Deserialize, Serialize};
 
 /// Architecture of [`UNet`] (serde-ready: the CLI stores it as `model/config.json`).
@@ -154,116 +155,6 @@ impl UNetConfig {
             return Err(Error::param("sigma_data", "must be finite and positive"));
         }
         Ok(())
-    }
-}
-
-const GN_EPS: f64 = 1e-5;
-
-/// A convolution with bias (candle-nn's parameters and initialisation) that runs the fused
-/// im2col + GEMM kernel ([`kernels::conv2d`]) on f32 CPU tensors and candle's conv elsewhere.
-#[derive(Debug, Clone)]
-struct Conv {
-    inner: Conv2d,
-    stride: usize,
-    pad: usize,
-}
-
-impl Conv {
-    fn bias(&self) -> Result<&Tensor> {
-        self.inner
-            .bias()
-            .ok_or_else(|| candle_core::Error::Msg("UNet convs have a bias".into()))
-    }
-
-    fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
-        if fused && kernels::supported(x) {
-            kernels::conv2d(x, self.inner.weight(), self.bias()?, self.stride, self.pad)
-        } else {
-            self.inner.forward(x)
-        }
-    }
-
-    /// Convolution plus a per-sample, per-channel term `add: [B, Cout]` (folded into the bias).
-    fn forward_add(&self, x: &Tensor, add: &Tensor, fused: bool) -> Result<Tensor> {
-        if fused && kernels::supported(x) {
-            let bias = add.broadcast_add(&self.bias()?.unsqueeze(0)?)?;
-            kernels::conv2d(x, self.inner.weight(), &bias, self.stride, self.pad)
-        } else {
-            let h = self.inner.forward(x)?;
-            let (b, c, _, _) = h.dims4()?;
-            h.broadcast_add(&add.reshape((b, c, 1, 1))?)
-        }
-    }
-}
-
-fn conv3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Conv> {
-    let cfg = Conv2dConfig {
-        padding: 1,
-        stride,
-        ..Default::default()
-    };
-    Ok(Conv {
-        inner: conv2d(cin, cout, 3, cfg, vb)?,
-        stride,
-        pad: 1,
-    })
-}
-
-fn conv1(cin: usize, cout: usize, vb: VarBuilder) -> Result<Conv> {
-    Ok(Conv {
-        inner: conv2d(cin, cout, 1, Conv2dConfig::default(), vb)?,
-        stride: 1,
-        pad: 0,
-    })
-}
-
-/// GroupNorm (candle-nn's parameter names and initialisation), optionally followed by SiLU:
-/// one fused kernel ([`kernels::group_norm`]) on f32 CPU tensors, candle's ops elsewhere.
-#[derive(Debug, Clone)]
-struct Norm {
-    inner: GroupNorm,
-    weight: Tensor,
-    bias: Tensor,
-    groups: usize,
-}
-
-fn group_norm(groups: usize, ch: usize, vb: VarBuilder) -> Result<Norm> {
-    let weight = vb.get_with_hints(ch, "weight", candle_nn::Init::Const(1.))?;
-    let bias = vb.get_with_hints(ch, "bias", candle_nn::Init::Const(0.))?;
-    Ok(Norm {
-        inner: GroupNorm::new(weight.clone(), bias.clone(), ch, groups, GN_EPS)?,
-        weight,
-        bias,
-        groups,
-    })
-}
-
-impl Norm {
-    fn forward(&self, x: &Tensor, silu: bool, fused: bool) -> Result<Tensor> {
-        if fused && kernels::supported(x) {
-            kernels::group_norm(x, &self.weight, &self.bias, self.groups, GN_EPS, silu)
-        } else if silu {
-            self.inner.forward(x)?.silu()
-        } else {
-            self.inner.forward(x)
-        }
-    }
-}
-
-/// `(a + b) * s`: one fused pass on f32 CPU tensors.
-fn add_scale(a: &Tensor, b: &Tensor, s: f64, fused: bool) -> Result<Tensor> {
-    if fused && kernels::supported(a) && a.dims() == b.dims() {
-        kernels::add_scale(a, b, s)
-    } else {
-        (a + b)? * s
-    }
-}
-
-fn silu(x: &Tensor, fused: bool) -> Result<Tensor> {
-    if fused && kernels::supported(x) {
-        kernels::silu(x)
-    } else {
-        x.silu()
     }
 }
 
