@@ -2,12 +2,14 @@
 //! the [`crate::prior::Denoiser`] samplers use), and its training by denoising score matching
 //! ([`train`]). Models are f32; samplers see f64 `D(x, sigma)` on flattened `[B, C*H*W]` batches.
 
+pub mod checkpoint;
 pub mod edm;
 pub mod kernels;
 pub(crate) mod layers;
 pub mod params;
 pub mod train;
 pub mod unet;
+pub mod vp;
 
 pub use edm::{
     edm_coefficients, edm_loss_weight, precond_forward, EdmCoefficients, EdmDenoiser,
