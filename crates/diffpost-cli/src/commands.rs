@@ -101,8 +101,8 @@ pub fn run_batched(
     Ok((all, first))
 }
 
-pub fn sample(config_path: &Path, quiet: bool) -> Result<()> {
-    let l = config::load(config_path)?;
+pub fn sample(config_path: &Path, quiet: bool, device: &candle_core::Device) -> Result<()> {
+    let l = config::load_on(config_path, device)?;
     let spec = spec::parse(&l.cfg.sampler).with_context(|| format!("{}", config_path.display()))?;
     let run = &l.cfg.run;
     let out_dir = l.resolve(&run.out);

@@ -25,9 +25,25 @@ pub struct Config {
 #[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct PriorSection {
-    /// "gmm" (an .npz file) or "isotropic" (`N(mean 1, var I_d)`, no file).
+    /// "gmm" (an .npz file), "isotropic" (`N(mean 1, var I_d)`, no file), "unet" (a model folder
+    /// from `diffpost train`), "guided-diffusion" (a .pt/.safetensors state dict) or
+    /// "diffusers-unet" (a diffusers model folder or weights file).
     pub kind: String,
     pub path: Option<PathBuf>,
+    /// Pretrained checkpoints: a known architecture (guided-diffusion: "dps-ffhq256",
+    /// "adm-imagenet256-uncond"; diffusers: "ddpm-cifar10-32", "ddpm-celebahq-256").
+    pub preset: Option<String>,
+    /// Pretrained checkpoints: the architecture as JSON (guided-diffusion's `create_model`
+    /// arguments; a diffusers UNet `config.json`), instead of a preset.
+    pub config: Option<PathBuf>,
+    /// `.pt` files: the key of a nested state dict (`checkpoint[key]`).
+    pub key: Option<String>,
+    /// guided-diffusion: "linear" (default) or "cosine" betas.
+    pub noise_schedule: Option<String>,
+    /// guided-diffusion: training timesteps (default 1000).
+    pub diffusion_steps: Option<usize>,
+    /// Pretrained checkpoints: sigma -> timestep, "interpolate" (default) or "nearest".
+    pub timestep: Option<String>,
     /// isotropic: dimension, variance (default 1) and the common mean of every coordinate (default 0).
     pub d: Option<usize>,
     pub var: Option<f64>,
@@ -135,14 +151,25 @@ impl Loaded {
     }
 }
 
-/// One ground-truth row: images are mapped to [-1, 1] (as training does); vectors are read as is.
+/// One ground-truth row: images (`.npy`, or one `.png` at the model's size) are mapped to
+/// [-1, 1] (as training does); vectors are read as is.
 pub fn read_truth(
     path: &Path,
     image_shape: Option<[usize; 3]>,
     d: usize,
     index: usize,
 ) -> Result<Vec<f64>> {
+    let is_png = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
     let t = match image_shape {
+        Some([c, h, w]) if is_png => {
+            if index != 0 {
+                bail!("{}: a PNG holds one image: index must be 0", path.display());
+            }
+            let v = diffpost::imaging::load_png(path, c, h, w)?;
+            Tensor::from_vec(v, (1, c * h * w), &candle_core::Device::Cpu)?
+        }
         Some([c, h, w]) => {
             let t = diffpost::nn::load_images_npy(path)?;
             if t.dims()[1..] != [c, h, w] {
@@ -196,8 +223,13 @@ pub fn resolve(dir: &Path, p: &Path) -> PathBuf {
     }
 }
 
-/// Reads and validates `path`.
+/// Reads and validates `path` (networks on the CPU).
 pub fn load(path: &Path) -> Result<Loaded> {
+    load_on(path, &candle_core::Device::Cpu)
+}
+
+/// Reads and validates `path`; network priors run on `device`.
+pub fn load_on(path: &Path, device: &candle_core::Device) -> Result<Loaded> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read config", path.display()))?;
     let cfg: Config = toml::from_str(&text).map_err(|e| anyhow!("{}: {}", path.display(), e))?;
@@ -239,41 +271,69 @@ pub fn load(path: &Path) -> Result<Loaded> {
                     .with_context(|| ctx("prior.var"))
             }
             other => bail!(
-                "{}: unknown prior kind `{other}` (expected \"gmm\" or \"isotropic\")",
+                "{}: unknown prior kind `{other}` (expected \"gmm\", \"isotropic\", \"unet\", \"guided-diffusion\" or \"diffusers-unet\")",
                 ctx("prior.kind")
             ),
         }
     };
-    let (gmm, unet): (Option<GaussianMixture>, Option<diffpost::nn::EdmDenoiser>) =
-        if pr.kind == "unet" {
-            if pr.d.is_some() || pr.var.is_some() || pr.mean.is_some() || pr.perturb.is_some() {
-                bail!(
-                    "{}: kind = \"unet\" takes only `path` (a model folder from `diffpost train`)",
-                    ctx("prior")
-                );
-            }
-            let p = pr.path.as_ref().ok_or_else(|| {
-                anyhow!(
-                    "{}: `path` (a model folder) is required for kind = \"unet\"",
-                    ctx("prior")
-                )
-            })?;
-            let m = crate::train_cmd::load_model(&resolve(&dir, p), &candle_core::Device::Cpu)
-                .with_context(|| ctx("prior.path"))?;
-            (None, Some(m))
-        } else {
-            (Some(load_gmm()?), None)
-        };
-    let image_shape = unet.as_ref().map(|u| u.image_shape());
-    let d = match (&gmm, &unet) {
+    let pretrained = matches!(pr.kind.as_str(), "guided-diffusion" | "diffusers-unet");
+    let has_pretrained_keys = pr.preset.is_some()
+        || pr.config.is_some()
+        || pr.key.is_some()
+        || pr.noise_schedule.is_some()
+        || pr.diffusion_steps.is_some()
+        || pr.timestep.is_some();
+    if !pretrained && has_pretrained_keys {
+        bail!(
+            "{}: `preset`, `config`, `key`, `noise_schedule`, `diffusion_steps` and `timestep` \
+             apply to kind = \"guided-diffusion\" | \"diffusers-unet\"",
+            ctx("prior")
+        );
+    }
+    let (gmm, net): (
+        Option<GaussianMixture>,
+        Option<(Box<dyn Denoiser>, [usize; 3])>,
+    ) = if pr.kind == "unet" {
+        if pr.d.is_some() || pr.var.is_some() || pr.mean.is_some() || pr.perturb.is_some() {
+            bail!(
+                "{}: kind = \"unet\" takes only `path` (a model folder from `diffpost train`)",
+                ctx("prior")
+            );
+        }
+        let p = pr.path.as_ref().ok_or_else(|| {
+            anyhow!(
+                "{}: `path` (a model folder) is required for kind = \"unet\"",
+                ctx("prior")
+            )
+        })?;
+        let m = crate::train_cmd::load_model(&resolve(&dir, p), device)
+            .with_context(|| ctx("prior.path"))?;
+        let shape = m.image_shape();
+        (None, Some((Box::new(m), shape)))
+    } else if pretrained {
+        if pr.d.is_some() || pr.var.is_some() || pr.mean.is_some() || pr.perturb.is_some() {
+            bail!(
+                "{}: `d`, `var`, `mean` and `perturb` do not apply to kind = \"{}\"",
+                ctx("prior"),
+                pr.kind
+            );
+        }
+        let m = crate::pretrained::load_prior(pr, &dir, device).with_context(|| ctx("prior"))?;
+        let shape = m.image_shape();
+        (None, Some((Box::new(m), shape)))
+    } else {
+        (Some(load_gmm()?), None)
+    };
+    let image_shape = net.as_ref().map(|(_, s)| *s);
+    let d = match (&gmm, &net) {
         (Some(g), _) => g.dim(),
-        (_, Some(u)) => u.dim(),
+        (_, Some((u, _))) => u.dim(),
         _ => unreachable!(),
     };
     let mut error_norms = None;
     let mut perturbation = None;
-    let (prior, perturbed): (Box<dyn Denoiser>, bool) = match (&cfg.prior.perturb, unet) {
-        (_, Some(u)) => (Box::new(u), false),
+    let (prior, perturbed): (Box<dyn Denoiser>, bool) = match (&cfg.prior.perturb, net) {
+        (_, Some((u, _))) => (u, false),
         (None, None) => (Box::new(gmm.clone().expect("analytic prior")), false),
         (Some(p), None) => {
             let gmm = gmm.as_ref().expect("analytic prior");
@@ -335,7 +395,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
             }
         }
         "inpaint" | "box" | "superres" | "blur" | "mri" => {
-            let shape = image_shape.ok_or_else(|| anyhow!("{}: image operator `{op_kind}` needs an image prior (kind = \"unet\")", ctx("operator")))?;
+            let shape = image_shape.ok_or_else(|| anyhow!("{}: image operator `{op_kind}` needs an image prior (kind = \"unet\" | \"guided-diffusion\" | \"diffusers-unet\")", ctx("operator")))?;
             let spec: ImageOperatorSpec = toml::Value::Table(cfg.operator.clone()).try_into().map_err(|e| anyhow!("{}: {e}", ctx("operator")))?;
             spec.build(shape).with_context(|| ctx("operator"))?
         }

@@ -6,6 +6,7 @@ mod commands;
 mod config;
 mod demo_images;
 mod image_out;
+mod pretrained;
 mod report;
 mod spec;
 mod tradeoff;
@@ -36,6 +37,9 @@ enum Cmd {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Where network priors run: cpu, cuda or cuda:N (CUDA needs `--features cuda`).
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// Write a random problem instance with a known exact posterior.
     Problem {
@@ -193,7 +197,11 @@ fn main() {
     }
     let cli = Cli::parse();
     let res: Result<()> = match cli.cmd {
-        Cmd::Sample { config, quiet } => commands::sample(&config, quiet),
+        Cmd::Sample {
+            config,
+            quiet,
+            device,
+        } => pretrained::parse_device(&device).and_then(|d| commands::sample(&config, quiet, &d)),
         Cmd::Problem {
             kind:
                 ProblemKind::Gmm {

@@ -107,6 +107,57 @@ impl Norm {
             self.inner.forward(x)
         }
     }
+
+    /// `norm(x) * (1 + scale) + shift` (guided-diffusion's scale-shift norm) with per-sample
+    /// `scale`, `shift: [B, C]`, optionally followed by SiLU. On f32 CPU tensors the affine
+    /// terms fold into the GroupNorm's (`weight (1 + scale)`, `bias (1 + scale) + shift`): one
+    /// fused kernel per sample.
+    pub(crate) fn forward_scale_shift(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        shift: &Tensor,
+        silu: bool,
+        fused: bool,
+    ) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        let s1 = (scale + 1.0)?;
+        if fused && kernels::supported(x) {
+            let w = s1.broadcast_mul(&self.weight.unsqueeze(0)?)?;
+            let bias = (s1.broadcast_mul(&self.bias.unsqueeze(0)?)? + shift)?;
+            let outs = (0..b)
+                .map(|i| {
+                    kernels::group_norm(
+                        &x.narrow(0, i, 1)?,
+                        &w.get(i)?,
+                        &bias.get(i)?,
+                        self.groups,
+                        self.eps,
+                        silu,
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if b == 1 {
+                Ok(outs.into_iter().next().expect("one sample"))
+            } else {
+                Tensor::cat(&outs, 0)
+            }
+        } else {
+            let mut shape = vec![1usize; x.rank()];
+            shape[0] = b;
+            shape[1] = s1.dim(1)?;
+            let h = self
+                .inner
+                .forward(x)?
+                .broadcast_mul(&s1.reshape(shape.as_slice())?)?
+                .broadcast_add(&shift.reshape(shape.as_slice())?)?;
+            if silu {
+                h.silu()
+            } else {
+                Ok(h)
+            }
+        }
+    }
 }
 
 /// `(a + b) * s`: one fused pass on f32 CPU tensors.
@@ -145,4 +196,60 @@ pub(crate) fn conv_k(
         stride,
         pad,
     })
+}
+
+/// Softmax over the last dimension with a backward pass: one pass per row on f32 CPU tensors,
+/// candle-nn's generic `softmax` elsewhere. (candle-nn's `softmax_last_dim` has no backward:
+/// it silently cuts the gradient, and DPS backpropagates through the attention.)
+pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if kernels::supported(x) {
+        x.contiguous()?.apply_op1(SoftmaxLastDim)
+    } else {
+        candle_nn::ops::softmax(x, candle_core::D::Minus1)
+    }
+}
+
+struct SoftmaxLastDim;
+
+impl candle_core::CustomOp1 for SoftmaxLastDim {
+    fn name(&self) -> &'static str {
+        "diffpost-softmax-last-dim"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let data = s.as_slice::<f32>()?;
+        let x = match l.contiguous_offsets() {
+            Some((a, b)) => &data[a..b],
+            None => candle_core::bail!("softmax: the input must be contiguous"),
+        };
+        let n = l.dims().last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(n)
+            .zip(x.par_chunks(n))
+            .for_each(|(o, x)| {
+                let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for (o, &v) in o.iter_mut().zip(x) {
+                    *o = (v - m).exp();
+                    sum += *o;
+                }
+                let inv = 1.0 / sum;
+                for o in o.iter_mut() {
+                    *o *= inv;
+                }
+            });
+        Ok((candle_core::CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    /// `dx = y (dy - sum(dy y))`.
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let gy = (grad_res * res)?;
+        let s = gy.sum_keepdim(candle_core::D::Minus1)?;
+        Ok(Some((gy - res.broadcast_mul(&s)?)?))
+    }
 }

@@ -3,10 +3,13 @@
 //! ([`train`]). Models are f32; samplers see f64 `D(x, sigma)` on flattened `[B, C*H*W]` batches.
 
 pub mod checkpoint;
+pub mod diffusers_unet;
 pub mod edm;
+pub mod guided;
 pub mod kernels;
 pub(crate) mod layers;
 pub mod params;
+pub mod pretrained;
 pub mod train;
 pub mod unet;
 pub mod vp;

@@ -13,7 +13,8 @@
 //! `t(sigma)`: [`TimestepMode::Interpolate`] (default) interpolates linearly in `ln sigma`
 //! between the two neighbouring integer timesteps and feeds the fractional `t` to the network's
 //! sinusoidal embedding (as k-diffusion's `DiscreteSchedule` does); [`TimestepMode::Nearest`]
-//! rounds to the nearest timestep in `ln sigma`. A sigma outside `[sigma_0, sigma_{T-1}]` is an
+//! rounds to the nearest timestep in `ln sigma` and then uses that timestep's own `sigma_t` in
+//! the formulas above (ALGORITHMS.md). A sigma outside `[sigma_0, sigma_{T-1}]` is an
 //! error ([`crate::Error::SigmaOutOfRange`]).
 
 use candle_core::{DType, Device, Tensor};
@@ -244,7 +245,8 @@ pub struct VpDenoiser {
     prediction: Prediction,
     mode: TimestepMode,
     shape: [usize; 3],
-    device: Device,
+    /// Where the network runs; sampler state stays on the CPU (f64) and is moved per call.
+    net_device: Device,
     chunk: usize,
 }
 
@@ -261,11 +263,13 @@ impl std::fmt::Debug for VpDenoiser {
 }
 
 impl VpDenoiser {
+    /// `net_device`: where the network's weights live (CPU or CUDA); samplers still see CPU
+    /// tensors.
     pub fn new(
         net: Box<dyn TimestepNetwork>,
         schedule: VpSchedule,
         prediction: Prediction,
-        device: Device,
+        net_device: Device,
     ) -> Self {
         Self {
             shape: net.image_shape(),
@@ -273,7 +277,7 @@ impl VpDenoiser {
             schedule,
             prediction,
             mode: TimestepMode::default(),
-            device,
+            net_device,
             chunk: 8,
         }
     }
@@ -301,6 +305,10 @@ impl VpDenoiser {
         self.shape
     }
 
+    pub fn network_device(&self) -> &Device {
+        &self.net_device
+    }
+
     pub fn network_name(&self) -> String {
         self.net.name()
     }
@@ -308,11 +316,17 @@ impl VpDenoiser {
     /// `D(x, sigma)` on images `[B, C, H, W]` (any float dtype; computed in f32 by the network).
     pub fn denoise_images(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
         let t = self.schedule.timestep(sigma, self.mode)?;
+        // Nearest: the formulas use that timestep's own sigma (ALGORITHMS.md, conventions).
+        let sigma = match self.mode {
+            TimestepMode::Nearest => self.schedule.sigma(t as usize),
+            TimestepMode::Interpolate => sigma,
+        };
         let (b, c, _, _) = x.dims4()?;
         let scale = 1.0 / (1.0 + sigma * sigma).sqrt();
         let x_t = (x * scale)?;
-        let ts = Tensor::full(t as f32, b, x.device())?;
-        let out = self.net.forward(&x_t.to_dtype(DType::F32)?, &ts)?;
+        let ts = Tensor::full(t as f32, b, &self.net_device)?;
+        let x_in = x_t.to_dtype(DType::F32)?.to_device(&self.net_device)?;
+        let out = self.net.forward(&x_in, &ts)?.to_device(x.device())?;
         let oc = out.dim(1)?;
         if oc < c {
             return Err(Error::shape(
@@ -343,7 +357,7 @@ impl Denoiser for VpDenoiser {
     }
 
     fn device(&self) -> Device {
-        self.device.clone()
+        Device::Cpu
     }
 
     fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
@@ -491,6 +505,30 @@ mod tests {
                 .unwrap();
             assert!(err < 1e-5, "sigma {sigma}: {err}");
         }
+        // Nearest: the denoiser of the nearest timestep's own sigma.
+        let s = VpSchedule::ddpm_linear_1000();
+        let q = (s.sigma(100).ln() * 0.7 + s.sigma(101).ln() * 0.3).exp();
+        let st = s.sigma(100);
+        let near = VpDenoiser::new(
+            Box::new(GaussianEps {
+                v,
+                schedule: VpSchedule::ddpm_linear_1000(),
+            }),
+            s,
+            Prediction::Epsilon,
+            Device::Cpu,
+        )
+        .with_timestep_mode(TimestepMode::Nearest);
+        let want = (&x * (v / (v + st * st))).unwrap();
+        let err = (near.denoise(&x, q).unwrap() - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!(err < 1e-5 && (q - st).abs() > 1e-4, "{err}");
         assert!(matches!(
             d.denoise(&x, 500.0).unwrap_err(),
             Error::SigmaOutOfRange { .. }
