@@ -352,17 +352,15 @@ impl Denoiser for VpDenoiser {
         self.shape.iter().product()
     }
 
-    fn sample_shape(&self) -> Vec<usize> {
-        self.shape.to_vec()
-    }
-
     fn device(&self) -> Device {
         Device::Cpu
     }
 
     fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
-        let (b, d) = x.dims2()?;
-        if d != self.dim() {
+        let dims = x.dims().to_vec();
+        let b = dims.first().copied().unwrap_or(0);
+        let d: usize = dims.iter().skip(1).product();
+        if dims.len() < 2 || d != self.dim() {
             return Err(Error::shape(
                 format!("input of {}", self.net.name()),
                 format!("[B, {}] (images {:?})", self.dim(), self.shape),
@@ -378,7 +376,7 @@ impl Denoiser for VpDenoiser {
             outs.push(self.denoise_images(&xi, sigma)?.reshape((n, d))?);
             start += n;
         }
-        Ok(Tensor::cat(&outs, 0)?)
+        Ok(Tensor::cat(&outs, 0)?.reshape(dims)?)
     }
 
     fn sigma_range(&self) -> (f64, f64) {
