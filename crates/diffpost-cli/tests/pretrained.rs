@@ -222,3 +222,50 @@ fn pretrained_errors_are_clear() {
         assert!(!ok && err.contains("cuda"), "{err}");
     }
 }
+
+/// The FFHQ recipe configs (`examples/ffhq/*.toml`) parse and run: same operator kinds, sampler
+/// keys and measurement settings, with the small parity model in place of `ffhq_10m.pt`, a 32x32
+/// picture, short runs, and the blur kernel cut to the picture's size.
+#[test]
+fn ffhq_recipes_are_valid_configs() {
+    let recipes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/ffhq");
+    for name in ["inpaint", "sr4", "deblur"] {
+        let text = std::fs::read_to_string(recipes.join(format!("{name}.toml"))).unwrap();
+        let mut t: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(t["prior"]["preset"].as_str(), Some("dps-ffhq256"));
+        assert_eq!(t["measurement"]["eta"].as_float(), Some(0.05));
+        let f = fixtures().join("parity/guided_dps");
+        let mut prior = toml::Table::new();
+        prior.insert("kind".into(), "guided-diffusion".into());
+        prior.insert(
+            "path".into(),
+            f.join("weights.safetensors").display().to_string().into(),
+        );
+        prior.insert(
+            "config".into(),
+            f.join("config.json").display().to_string().into(),
+        );
+        t.insert("prior".into(), prior.into());
+        let s = t["sampler"].as_table_mut().unwrap();
+        s.insert("warm_steps".into(), 5.into());
+        s.insert("steps_per_stage".into(), 2.into());
+        let op = t["operator"].as_table_mut().unwrap();
+        if op.contains_key("kernel_size") {
+            op.insert("kernel_size".into(), 9.into());
+        }
+        t["run"]
+            .as_table_mut()
+            .unwrap()
+            .insert("n".into(), 1.into());
+        let dir = tmpdir(&format!("recipe-{name}"));
+        write_png(&dir.join("face.png"));
+        let p = dir.join("recipe.toml");
+        std::fs::write(&p, toml::to_string(&t).unwrap()).unwrap();
+        let (ok, err) = run(bin().args(["sample", "--quiet", "--config"]).arg(&p));
+        assert!(ok, "{name}: {err}");
+        assert!(
+            dir.join(format!("out_{name}/metrics.json")).exists(),
+            "{name}"
+        );
+    }
+}
