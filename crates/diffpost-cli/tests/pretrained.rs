@@ -69,7 +69,7 @@ fn metrics_psnr(dir: &Path) -> f64 {
 }
 
 #[test]
-fn every_sampler_runs_on_a_guided_diffusion_checkpoint() {
+fn every_sampler_runs_on_both_checkpoint_kinds() {
     let samplers = [
         ("dps", "kind = \"dps\"\nsteps = 12"),
         (
@@ -92,22 +92,36 @@ fn every_sampler_runs_on_a_guided_diffusion_checkpoint() {
             "kind = \"cs\"\nestimator = \"least-squares\"\nestimator_iters = 20\nstages = 3\nsteps_per_stage = 3\ninit_steps = 10",
         ),
     ];
-    for (name, sampler) in samplers {
-        let dir = tmpdir(&format!("guided-{name}"));
-        write_png(&dir.join("truth.png"));
-        let cfg = write_config(&dir, &guided_prior(), sampler, 2);
+    let diffusers_prior = format!(
+        "[prior]\nkind = \"diffusers-unet\"\npath = \"{}\"\n",
+        fixtures()
+            .join("parity/diffusers_flip_heads/weights.safetensors")
+            .display()
+    );
+    let priors = [
+        ("guided", guided_prior(), 32usize),
+        ("diffusers", diffusers_prior, 16),
+    ];
+    for ((name, sampler), (pname, prior, size)) in samplers
+        .iter()
+        .flat_map(|s| priors.iter().map(move |p| (s, p)))
+    {
+        let dir = tmpdir(&format!("{pname}-{name}"));
+        write_png_sized(&dir.join("truth.png"), *size as u32);
+        let cfg = write_config(&dir, prior, sampler, 2);
         let (ok, err) = run(bin().args(["sample", "--quiet", "--config"]).arg(&cfg));
-        assert!(ok, "{name}: {err}");
+        assert!(ok, "{pname} {name}: {err}");
         let samples = std::fs::read(dir.join("out/samples.npy")).unwrap();
-        // [2, 3*32*32] f64 plus the header.
+        // [2, 3*size*size] f64 plus the header.
+        let d = 3 * size * size;
         assert!(
-            samples.len() > 2 * 3072 * 8,
-            "{name}: {} bytes",
+            samples.len() > 2 * d * 8 && samples.len() < 2 * d * 8 + 256,
+            "{pname} {name}: {} bytes",
             samples.len()
         );
         let psnr = metrics_psnr(&dir);
-        assert!(psnr.is_finite(), "{name}: PSNR {psnr}");
-        assert!(dir.join("out/grid.png").exists(), "{name}: no grid");
+        assert!(psnr.is_finite(), "{pname} {name}: PSNR {psnr}");
+        assert!(dir.join("out/grid.png").exists(), "{pname} {name}: no grid");
     }
     // MALA needs a log-density, which a network does not have: a clear error, not a panic.
     let dir = tmpdir("guided-mala");
