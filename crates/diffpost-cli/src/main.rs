@@ -195,6 +195,8 @@ fn main() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
+    // Large activation buffers are reused instead of returned to the OS after every call.
+    diffpost::sysalloc::tune_for_large_arrays();
     let cli = Cli::parse();
     let res: Result<()> = match cli.cmd {
         Cmd::Sample {

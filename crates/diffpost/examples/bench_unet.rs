@@ -442,6 +442,10 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> Res<f64> {
 
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // As the `diffpost` binary does (`--default-malloc` to measure glibc's defaults instead).
+    let tuned = !args.iter().any(|a| a == "--default-malloc")
+        && diffpost::sysalloc::tune_for_large_arrays();
+    eprintln!("allocator tuned for large arrays: {tuned}");
     let mut dir = PathBuf::from("models/mnist");
     let mut repeats = 25usize;
     let mut warmup = 5usize;
@@ -454,6 +458,7 @@ fn main() -> Res<()> {
             "--repeats" => repeats = it.next().ok_or("--repeats N")?.parse()?,
             "--warmup" => warmup = it.next().ok_or("--warmup N")?.parse()?,
             "--profile" => profile = true,
+            "--default-malloc" => {}
             "--data" => data_path = it.next().ok_or("--data FILE")?.into(),
             "--parity" => parity_path = it.next().ok_or("--parity FILE")?.into(),
             s if !s.starts_with("--") => dir = PathBuf::from(s),

@@ -18,6 +18,10 @@ use diffpost::nn::SeededParams;
 
 fn main() -> anyhow_free::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // As the `diffpost` binary does (`--default-malloc` to measure glibc's defaults instead).
+    let tuned = !args.iter().any(|a| a == "--default-malloc")
+        && diffpost::sysalloc::tune_for_large_arrays();
+    eprintln!("allocator tuned for large arrays: {tuned}");
     let unfused = args.iter().any(|a| a == "--unfused");
     let paths: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
     let weights = paths

@@ -20,3 +20,4 @@ pub mod prior;
 pub mod problem;
 pub mod rng;
 pub mod sampler;
+pub mod sysalloc;

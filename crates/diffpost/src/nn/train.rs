@@ -108,7 +108,9 @@ pub struct Trainer {
     cfg: TrainConfig,
     device: Device,
     model: UNet,
-    /// Trainable variables sorted by name; `ema`, `adam_m`, `adam_v` are aligned with it.
+    /// Trainable variables sorted by name; `ema`, `adam_m`, `adam_v` are aligned with it. The
+    /// three state vectors own their storage (never shared with a tensor handed out): on f32
+    /// CPU tensors `step` updates them in place.
     params: Vec<(String, Var)>,
     ema: Vec<Tensor>,
     adam_m: Vec<Tensor>,
@@ -143,10 +145,14 @@ impl Trainer {
             .iter()
             .map(|(_, v)| v.as_tensor().detach().copy())
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let zeros = params
-            .iter()
-            .map(|(_, v)| v.as_tensor().zeros_like())
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        // Separate buffers (the fused update writes them in place).
+        let zeros = || {
+            params
+                .iter()
+                .map(|(_, v)| v.as_tensor().zeros_like())
+                .collect::<candle_core::Result<Vec<_>>>()
+        };
+        let (adam_m, adam_v) = (zeros()?, zeros()?);
         Ok(Self {
             unet_cfg,
             cfg,
@@ -154,8 +160,8 @@ impl Trainer {
             model,
             params,
             ema,
-            adam_m: zeros.clone(),
-            adam_v: zeros,
+            adam_m,
+            adam_v,
             step: 0,
             data,
         })
@@ -198,8 +204,10 @@ impl Trainer {
         self.params
             .iter()
             .zip(&self.ema)
-            .map(|((n, _), e)| (n.clone(), e.clone()))
-            .collect()
+            .map(|((n, _), e)| Ok((n.clone(), e.copy()?)))
+            .collect::<candle_core::Result<Vec<_>>>()
+            // A copy of an existing tensor on its own device (fails only if memory runs out).
+            .expect("copying the EMA weights")
     }
 
     /// The batch of step `t`: clean images `[B, C, H, W]`, noise levels, unit noise `[B, C, H, W]`.
@@ -274,29 +282,69 @@ impl Trainer {
         let bc1 = 1.0 - c.beta1.powf(t as f64);
         let bc2 = 1.0 - c.beta2.powf(t as f64);
         let ema_decay = c.ema_decay.min((1.0 + t as f64) / (10.0 + t as f64));
-        for (i, (name, var)) in self.params.iter().enumerate() {
-            let g = match grads.get(var) {
-                Some(g) => g.detach(),
+        let mut gs = Vec::with_capacity(self.params.len());
+        for (name, var) in &self.params {
+            match grads.get(var) {
+                Some(g) => gs.push(g.detach()),
                 // A parameter the loss does not reach (cannot happen for this UNet).
                 None => {
                     return Err(Error::Numerical(format!(
                         "no gradient for parameter {name}"
                     )))
                 }
-            };
-            let m = ((&self.adam_m[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
-            let v = ((&self.adam_v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            let denom = ((&v / bc2)?.sqrt()? + c.eps)?;
-            let update = ((&m / bc1)? / denom)?;
-            // Detached: the optimiser state must not keep autograd graphs alive across steps.
-            let p = (var.as_tensor().detach() - (update * lr)?)?;
-            var.set(&p)?;
-            self.ema[i] = ((&self.ema[i] * ema_decay)? + (&p * (1.0 - ema_decay))?)?;
-            self.adam_m[i] = m;
-            self.adam_v[i] = v;
+            }
+        }
+        drop(grads);
+        let co = AdamCoefs {
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            inv_bc1: 1.0 / bc1,
+            inv_bc2: 1.0 / bc2,
+            lr,
+            ema_decay,
+        };
+        if self.fused_update_ok(&gs) {
+            use rayon::prelude::*;
+            let items: Vec<_> = self
+                .params
+                .iter()
+                .zip(&gs)
+                .zip(self.adam_m.iter().zip(&self.adam_v).zip(&self.ema))
+                .collect();
+            items
+                .into_par_iter()
+                .try_for_each(|(((_, var), g), ((m, v), e))| {
+                    adam_ema_in_place(var, g, m, v, e, &co)
+                })?;
+        } else {
+            for (i, (_, var)) in self.params.iter().enumerate() {
+                let g = &gs[i];
+                let m = ((&self.adam_m[i] * c.beta1)? + (g * (1.0 - c.beta1))?)?;
+                let v = ((&self.adam_v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+                let denom = ((&v / bc2)?.sqrt()? + c.eps)?;
+                let update = ((&m / bc1)? / denom)?;
+                // Detached: the optimiser state must not keep autograd graphs alive across steps.
+                let p = (var.as_tensor().detach() - (update * lr)?)?;
+                var.set(&p)?;
+                self.ema[i] = ((&self.ema[i] * ema_decay)? + (&p * (1.0 - ema_decay))?)?;
+                self.adam_m[i] = m;
+                self.adam_v[i] = v;
+            }
         }
         self.step = t;
         Ok(loss_value)
+    }
+
+    /// Whether the fused in-place Adam + EMA update applies: f32 CPU tensors throughout, state
+    /// tensors contiguous (they are created by this type and never handed out).
+    fn fused_update_ok(&self, gs: &[Tensor]) -> bool {
+        let ok = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous();
+        self.params.iter().all(|(_, v)| ok(v.as_tensor()))
+            && gs.iter().all(ok)
+            && self.adam_m.iter().all(ok)
+            && self.adam_v.iter().all(ok)
+            && self.ema.iter().all(ok)
     }
 
     /// Runs until `config().steps`, calling `progress(step, loss)` after each step and writing a
@@ -416,9 +464,10 @@ impl Trainer {
         }
         for (i, (p, e, m, v)) in loaded.into_iter().enumerate() {
             self.params[i].1.set(&p)?;
-            self.ema[i] = e;
-            self.adam_m[i] = m;
-            self.adam_v[i] = v;
+            // Own, contiguous copies (updated in place by `step`).
+            self.ema[i] = e.contiguous()?.copy()?;
+            self.adam_m[i] = m.contiguous()?.copy()?;
+            self.adam_v[i] = v.contiguous()?.copy()?;
         }
         self.step = step as u64;
         Ok(())
@@ -529,4 +578,153 @@ pub fn load_images_npy(path: &Path) -> Result<Tensor> {
         });
     };
     Ok(t.to_dtype(DType::F32)?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fused Adam + EMA (f32 CPU, in place)
+
+/// Step constants of Adam (Kingma & Ba 2015, Alg. 1) and the EMA.
+#[derive(Debug, Clone, Copy)]
+struct AdamCoefs {
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    inv_bc1: f64,
+    inv_bc2: f64,
+    lr: f64,
+    ema_decay: f64,
+}
+
+/// Which in-place pass of the update.
+#[derive(Debug, Clone, Copy)]
+enum AdamPass {
+    /// `m <- beta1 m + (1 - beta1) g`.
+    M,
+    /// `v <- beta2 v + (1 - beta2) g^2`.
+    V,
+    /// `p <- p - lr (m / bc1) / (sqrt(v / bc2) + eps)`.
+    P,
+    /// `ema <- d ema + (1 - d) p`.
+    Ema,
+}
+
+struct AdamOp {
+    pass: AdamPass,
+    co: AdamCoefs,
+}
+
+fn cpu_f32<'a>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+) -> candle_core::Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
+        None => candle_core::bail!("adam: contiguous tensors expected"),
+    }
+}
+
+fn cpu_f32_mut<'a>(
+    s: &'a mut candle_core::CpuStorage,
+    l: &candle_core::Layout,
+) -> candle_core::Result<&'a mut [f32]> {
+    match (l.contiguous_offsets(), s) {
+        (Some((a, b)), candle_core::CpuStorage::F32(v)) => Ok(&mut v[a..b]),
+        _ => candle_core::bail!("adam: contiguous f32 tensors expected"),
+    }
+}
+
+// The scalar arithmetic mirrors candle's ops on f32 tensors (`t * c` is `affine(c as f32)`,
+// `t / c` is `affine(1 / c)`), so the fused path reproduces the op-by-op one.
+impl candle_core::InplaceOp2 for AdamOp {
+    fn name(&self) -> &'static str {
+        "diffpost-adam"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        let dst = cpu_f32_mut(s1, l1)?;
+        let src = cpu_f32(s2, l2)?;
+        if dst.len() != src.len() {
+            candle_core::bail!("adam: sizes differ")
+        }
+        let c = &self.co;
+        match self.pass {
+            AdamPass::M => {
+                let (a, b) = (c.beta1 as f32, (1.0 - c.beta1) as f32);
+                for (m, &g) in dst.iter_mut().zip(src) {
+                    *m = *m * a + g * b;
+                }
+            }
+            AdamPass::V => {
+                let (a, b) = (c.beta2 as f32, (1.0 - c.beta2) as f32);
+                for (v, &g) in dst.iter_mut().zip(src) {
+                    *v = *v * a + (g * g) * b;
+                }
+            }
+            AdamPass::Ema => {
+                let (a, b) = (c.ema_decay as f32, (1.0 - c.ema_decay) as f32);
+                for (e, &p) in dst.iter_mut().zip(src) {
+                    *e = *e * a + p * b;
+                }
+            }
+            AdamPass::P => candle_core::bail!("adam: the parameter pass has three inputs"),
+        }
+        Ok(())
+    }
+}
+
+impl candle_core::InplaceOp3 for AdamOp {
+    fn name(&self) -> &'static str {
+        "diffpost-adam-param"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+        s3: &candle_core::CpuStorage,
+        l3: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        let p = cpu_f32_mut(s1, l1)?;
+        let m = cpu_f32(s2, l2)?;
+        let v = cpu_f32(s3, l3)?;
+        if p.len() != m.len() || p.len() != v.len() {
+            candle_core::bail!("adam: sizes differ")
+        }
+        let c = &self.co;
+        let (ib1, ib2, eps, lr) = (
+            c.inv_bc1 as f32,
+            c.inv_bc2 as f32,
+            c.eps as f32,
+            c.lr as f32,
+        );
+        for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+            *p -= ((m * ib1) / ((v * ib2).sqrt() + eps)) * lr;
+        }
+        Ok(())
+    }
+}
+
+/// One parameter's Adam + EMA update, in place (four passes over data that stays in cache).
+fn adam_ema_in_place(
+    var: &Var,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    ema: &Tensor,
+    co: &AdamCoefs,
+) -> Result<()> {
+    let op = |pass| AdamOp { pass, co: *co };
+    m.inplace_op2(g, &op(AdamPass::M))?;
+    v.inplace_op2(g, &op(AdamPass::V))?;
+    var.as_tensor().inplace_op3(m, v, &op(AdamPass::P))?;
+    ema.inplace_op2(var.as_tensor(), &op(AdamPass::Ema))?;
+    Ok(())
 }

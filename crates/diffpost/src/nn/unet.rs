@@ -18,6 +18,9 @@ use candle_nn::{linear, Linear, VarBuilder};
 
 use super::kernels;
 use super::layers::{add_scale, conv1, conv3, group_norm, silu, Conv, Norm};
+/// The fused attention block of the UNet's attention layers (f32 CPU), public for tests and
+/// benchmarks: see [`attention_block`].
+pub use super::layers::{attention_block, pack_linear};
 use serde::{Deserialize, Serialize};
 
 /// Architecture of [`UNet`] (serde-ready: the CLI stores it as `model/config.json`).
@@ -223,6 +226,16 @@ impl Attention {
     }
 
     fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
+        if fused && kernels::supported(x) {
+            let (wq, bq) = (self.qkv.weight(), self.qkv.bias());
+            let (wp, bp) = (self.proj.weight(), self.proj.bias());
+            if let (Some(bq), Some(bp)) = (bq, bp) {
+                let t = self.norm.forward(x, false, fused)?;
+                let o =
+                    attention_block(&t, &pack_linear(wq, bq)?, &pack_linear(wp, bp)?, self.heads)?;
+                return add_scale(x, &o, FRAC_1_SQRT_2, fused);
+            }
+        }
         let (b, c, h, w) = x.dims4()?;
         let n = h * w;
         let hd = c / self.heads;

@@ -1,12 +1,25 @@
-//! Conv2d by im2col + GEMM, with backward.
+//! Conv2d by tiled im2col + GEMM, with backward.
+//!
+//! The output pixels of the whole batch (`B * Ho * Wo` columns) are cut into tiles whose im2col
+//! block (`Cin * kh * kw` rows) fits a fixed budget ([`TILE_BYTES`]): small images put several
+//! whole samples in one tile (one GEMM with `N = samples * Ho * Wo` instead of one per sample),
+//! large images split each sample into pixel ranges (the scratch stays bounded, however large
+//! the image). Tiles run in parallel on rayon's threads, each with a thread-local scratch buffer
+//! that is reused from call to call, and each GEMM is single-threaded (no nested parallelism).
+//! 1x1 stride-1 convolutions read the input in place. Backward: the input gradient of a stride-1
+//! convolution is itself a convolution (of the output gradient with the flipped, transposed
+//! kernel) and runs through the same tiles; other strides scatter (col2im) per sample. The
+//! weight gradient accumulates one GEMM per tile into a fixed number of partial sums, reduced in
+//! a fixed order (deterministic for a fixed thread count).
 
 use super::*;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::cell::RefCell;
 
 // ---------------------------------------------------------------------------------------------
-// Conv2d: im2col + gemm
+// Geometry, im2col / col2im over pixel ranges
 
 #[derive(Debug, Clone, Copy)]
 struct ConvGeom {
@@ -30,6 +43,10 @@ impl ConvGeom {
         self.ho * self.wo
     }
 
+    fn xlen(&self) -> usize {
+        self.cin * self.h * self.w
+    }
+
     /// A 1x1 stride-1 unpadded conv reads the input directly as its column matrix.
     fn is_pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
@@ -49,35 +66,146 @@ impl ConvGeom {
         (lo.min(hi), hi)
     }
 
-    /// `cols[K, Ho*Wo]` of one sample `x: [Cin, H, W]`.
-    fn im2col(&self, x: &[f32], cols: &mut [f32]) {
-        let (h, w, s, p, wo, pout) = (self.h, self.w, self.stride, self.pad, self.wo, self.pout());
+    /// Calls `f(row, kx, oy, a, e, iy, lo, hi)` for every im2col row and every output row `oy`
+    /// that meets the pixel range `[p0, p1)`: output columns `[a, e)` of that row are in the
+    /// range, `iy` is the input row (None: padding), `[lo, hi)` (inside `[a, e)`) the columns
+    /// that read inside the input.
+    #[inline(always)]
+    fn for_each_segment(
+        &self,
+        p0: usize,
+        p1: usize,
+        mut f: impl FnMut(usize, usize, usize, usize, usize, Option<usize>, usize, usize),
+    ) {
+        if p1 <= p0 {
+            return;
+        }
+        let (h, s, p, wo) = (self.h, self.stride, self.pad, self.wo);
+        let (oy0, oy1) = (p0 / wo, (p1 - 1) / wo + 1);
         for ci in 0..self.cin {
-            let xc = &x[ci * h * w..(ci + 1) * h * w];
             for ky in 0..self.kh {
                 for kx in 0..self.kw {
                     let row = (ci * self.kh + ky) * self.kw + kx;
-                    let dst = &mut cols[row * pout..(row + 1) * pout];
-                    let (ox0, ox1) = self.valid_ox(kx);
-                    for oy in 0..self.ho {
-                        let d = &mut dst[oy * wo..(oy + 1) * wo];
+                    let (vx0, vx1) = self.valid_ox(kx);
+                    for oy in oy0..oy1 {
+                        let a = if oy == oy0 { p0 - oy * wo } else { 0 };
+                        let e = if oy + 1 == oy1 { p1 - oy * wo } else { wo };
                         let iy = (oy * s + ky) as isize - p as isize;
-                        if iy < 0 || iy >= h as isize {
-                            d.fill(0.0);
-                            continue;
-                        }
-                        let xr = &xc[iy as usize * w..(iy as usize + 1) * w];
-                        d[..ox0].fill(0.0);
-                        d[ox1..].fill(0.0);
-                        if ox1 > ox0 {
-                            let ix0 = ox0 * s + kx - p;
-                            if s == 1 {
-                                d[ox0..ox1].copy_from_slice(&xr[ix0..ix0 + (ox1 - ox0)]);
-                            } else {
-                                for (j, v) in d[ox0..ox1].iter_mut().enumerate() {
-                                    *v = xr[ix0 + j * s];
-                                }
+                        let iy = if iy < 0 || iy >= h as isize {
+                            None
+                        } else {
+                            Some(iy as usize + ci * h)
+                        };
+                        let lo = vx0.clamp(a, e);
+                        let hi = vx1.clamp(lo, e);
+                        f(row, kx, oy, a, e, iy, lo, hi);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Columns `[c0, c0 + p1 - p0)` of `cols` (row stride `ld`, `K` rows): the im2col of the
+    /// output pixels `[p0, p1)` of one sample `x: [Cin, H, W]`.
+    fn im2col_range(
+        &self,
+        x: &[f32],
+        p0: usize,
+        p1: usize,
+        cols: &mut [f32],
+        ld: usize,
+        c0: usize,
+    ) {
+        if p1 <= p0 {
+            return;
+        }
+        if self.stride == 1 && self.ho == self.h && self.wo == self.w {
+            self.im2col_same(x, p0, p1, cols, ld, c0);
+            return;
+        }
+        let (w, s, p, wo) = (self.w, self.stride, self.pad, self.wo);
+        self.for_each_segment(p0, p1, |row, kx, oy, a, e, iy, lo, hi| {
+            let off = row * ld + c0 + oy * wo - p0;
+            let d = &mut cols[off + a..off + e];
+            let Some(iy) = iy else {
+                d.fill(0.0);
+                return;
+            };
+            d[..lo - a].fill(0.0);
+            d[hi - a..].fill(0.0);
+            if hi > lo {
+                let xr = &x[iy * w..(iy + 1) * w];
+                let ix0 = lo * s + kx - p;
+                let d = &mut d[lo - a..hi - a];
+                if s == 1 {
+                    d.copy_from_slice(&xr[ix0..ix0 + (hi - lo)]);
+                } else {
+                    for (j, v) in d.iter_mut().enumerate() {
+                        *v = xr[ix0 + j * s];
+                    }
+                }
+            }
+        });
+    }
+
+    /// [`Self::im2col_range`] for stride 1 and an output as large as the input: each im2col row
+    /// is the input channel shifted by `(ky - pad) * W + kx - pad`, one copy, then the few
+    /// entries that fall in the padding are zeroed.
+    fn im2col_same(&self, x: &[f32], p0: usize, p1: usize, cols: &mut [f32], ld: usize, c0: usize) {
+        let (h, w, p) = (self.h, self.w, self.pad);
+        let hw = h * w;
+        let n = p1 - p0;
+        for ci in 0..self.cin {
+            let xc = &x[ci * hw..(ci + 1) * hw];
+            for ky in 0..self.kh {
+                // Pixels q whose input row q / w + ky - p is inside: [qa, qb).
+                let qa = (p.saturating_sub(ky) * w).clamp(p0, p1);
+                let qb = ((h + p).saturating_sub(ky) * w).min(hw).clamp(qa, p1);
+                for kx in 0..self.kw {
+                    let row = (ci * self.kh + ky) * self.kw + kx;
+                    let d = &mut cols[row * ld + c0..row * ld + c0 + n];
+                    d[..qa - p0].fill(0.0);
+                    d[qb - p0..].fill(0.0);
+                    if qb <= qa {
+                        continue;
+                    }
+                    // Source index q + (ky - p) * w + kx - p (>= 0 for q >= qa up to the
+                    // column padding, fixed below).
+                    let shift = (ky * w + kx) as isize - (p * w + p) as isize;
+                    let (mut a, b) = (qa, qb);
+                    // The first pixel can read before the channel start only when it is in the
+                    // left padding (zeroed below anyway).
+                    while a < b && (a as isize + shift) < 0 {
+                        d[a - p0] = 0.0;
+                        a += 1;
+                    }
+                    let mut e = b;
+                    while e > a && (e as isize - 1 + shift) >= hw as isize {
+                        d[e - 1 - p0] = 0.0;
+                        e -= 1;
+                    }
+                    if e > a {
+                        let s0 = (a as isize + shift) as usize;
+                        d[a - p0..e - p0].copy_from_slice(&xc[s0..s0 + (e - a)]);
+                    }
+                    // Columns in the horizontal padding: ox < p - kx or ox >= w + p - kx.
+                    if kx < p {
+                        let ncol = p - kx;
+                        let mut rs = qa / w * w;
+                        while rs < qb {
+                            for q in rs.max(qa)..(rs + ncol).min(qb) {
+                                d[q - p0] = 0.0;
                             }
+                            rs += w;
+                        }
+                    } else if kx > p {
+                        let ncol = (kx - p).min(w);
+                        let mut rs = qa / w * w;
+                        while rs < qb {
+                            for q in (rs + w - ncol).max(qa)..(rs + w).min(qb) {
+                                d[q - p0] = 0.0;
+                            }
+                            rs += w;
                         }
                     }
                 }
@@ -85,105 +213,463 @@ impl ConvGeom {
         }
     }
 
-    /// Adds the column gradients `cols[K, Ho*Wo]` back into `dx: [Cin, H, W]` (zeroed first).
-    fn col2im(&self, cols: &[f32], dx: &mut [f32]) {
-        let (h, w, s, p, wo, pout) = (self.h, self.w, self.stride, self.pad, self.wo, self.pout());
-        dx.fill(0.0);
-        for ci in 0..self.cin {
-            let dc = &mut dx[ci * h * w..(ci + 1) * h * w];
-            for ky in 0..self.kh {
-                for kx in 0..self.kw {
-                    let row = (ci * self.kh + ky) * self.kw + kx;
-                    let src = &cols[row * pout..(row + 1) * pout];
-                    let (ox0, ox1) = self.valid_ox(kx);
-                    if ox1 <= ox0 {
-                        continue;
-                    }
-                    for oy in 0..self.ho {
-                        let iy = (oy * s + ky) as isize - p as isize;
-                        if iy < 0 || iy >= h as isize {
-                            continue;
-                        }
-                        let sr = &src[oy * wo..(oy + 1) * wo];
-                        let dr = &mut dc[iy as usize * w..(iy as usize + 1) * w];
-                        let ix0 = ox0 * s + kx - p;
-                        if s == 1 {
-                            for (d, &v) in dr[ix0..ix0 + (ox1 - ox0)].iter_mut().zip(&sr[ox0..ox1])
-                            {
-                                *d += v;
-                            }
-                        } else {
-                            for (j, &v) in sr[ox0..ox1].iter().enumerate() {
-                                dr[ix0 + j * s] += v;
-                            }
-                        }
-                    }
+    /// Adds the column gradients of the output pixels `[p0, p1)` (`cols`, `K` rows of `p1 - p0`)
+    /// into `dx: [Cin, H, W]`.
+    fn col2im_range(&self, cols: &[f32], p0: usize, p1: usize, dx: &mut [f32]) {
+        let (w, s, p, wo) = (self.w, self.stride, self.pad, self.wo);
+        let ld = p1 - p0;
+        self.for_each_segment(p0, p1, |row, kx, oy, _a, _e, iy, lo, hi| {
+            let Some(iy) = iy else { return };
+            if hi <= lo {
+                return;
+            }
+            let off = row * ld + oy * wo - p0;
+            let sr = &cols[off + lo..off + hi];
+            let dr = &mut dx[iy * w..(iy + 1) * w];
+            let ix0 = lo * s + kx - p;
+            if s == 1 {
+                for (d, &v) in dr[ix0..ix0 + (hi - lo)].iter_mut().zip(sr) {
+                    *d += v;
+                }
+            } else {
+                for (j, &v) in sr.iter().enumerate() {
+                    dr[ix0 + j * s] += v;
                 }
             }
-        }
+        });
     }
 }
 
-/// Row-major `dst[m, n] (+)= lhs[m, k] @ rhs[k, n]` with explicit (row, column) strides.
+// ---------------------------------------------------------------------------------------------
+// GEMM, scratch, tiles
+
+/// Row-major `dst[m, n] (+)= lhs[m, k] @ rhs[k, n]`; `dst` has row stride `dst_rs` and unit
+/// column stride, `lhs` and `rhs` explicit (row, column) strides.
+///
+/// # Safety
+/// Every element addressed through the three pointers and strides must be in bounds, and `dst`
+/// must not overlap `lhs`, `rhs` or memory written concurrently.
 #[allow(clippy::too_many_arguments)]
-fn sgemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
+unsafe fn sgemm(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
     accumulate: bool,
-    lhs: &[f32],
+    lhs: *const f32,
     (lhs_rs, lhs_cs): (usize, usize),
-    rhs: &[f32],
+    rhs: *const f32,
     (rhs_rs, rhs_cs): (usize, usize),
     par: Parallelism,
 ) {
-    assert!(dst.len() >= m * n);
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(0.0);
+            for i in 0..m {
+                std::slice::from_raw_parts_mut(dst.add(i * dst_rs), n).fill(0.0);
+            }
         }
         return;
     }
-    assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
-    assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    // SAFETY: the asserts above keep every access of the three matrices in bounds, and `dst`
-    // does not alias `lhs` or `rhs` (a `&mut` and two `&` slices).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            par,
-        )
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        1.0f32,
+        1.0f32,
+        false,
+        false,
+        false,
+        par,
+    )
+}
+
+/// A raw pointer that tiles running on several threads write through (disjoint regions).
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only used for writes to disjoint regions, one tile each (see the callers).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// (A method, so closures capture the whole `Send` wrapper, not the raw field.)
+    fn get(self) -> *mut f32 {
+        self.0
     }
 }
 
-/// Splits `0..b` into `parts` contiguous ranges of nearly equal length.
-fn batch_ranges(b: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
-    let parts = parts.clamp(1, b.max(1));
-    (0..parts)
-        .map(|i| (i * b / parts)..((i + 1) * b / parts))
-        .collect()
+thread_local! {
+    /// Per-thread im2col scratch, kept between calls (no fresh memory from the OS per conv).
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
+
+/// Runs `f` on `len` floats of this thread's scratch (contents unspecified).
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    // Taken out while in use, so a re-entrant call (rayon work stealing) gets its own buffer.
+    let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    if buf.len() < len {
+        buf = vec![0f32; len];
+    }
+    let r = f(&mut buf[..len]);
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < buf.len() {
+            *s = buf;
+        }
+    });
+    r
+}
+
+/// im2col scratch budget of one tile (the column block `K x columns`, f32).
+const TILE_BYTES: usize = 4 << 20;
+
+/// Output pixels `[p0, p1)` of samples `b0 .. b0 + nb` (several samples only as whole images).
+#[derive(Debug, Clone, Copy)]
+struct Tile {
+    b0: usize,
+    nb: usize,
+    p0: usize,
+    p1: usize,
+}
+
+impl Tile {
+    fn np(&self) -> usize {
+        self.p1 - self.p0
+    }
+
+    fn cols(&self) -> usize {
+        self.nb * self.np()
+    }
+}
+
+/// Cuts the `b * pout` output columns into tiles of at most [`TILE_BYTES`] of `k`-row im2col,
+/// and into at least `nt` tiles when there are that many columns. Without `whole`, a tile never
+/// spans several samples.
+fn plan_tiles(b: usize, pout: usize, k: usize, nt: usize, whole: bool) -> Vec<Tile> {
+    if b == 0 || pout == 0 {
+        return Vec::new();
+    }
+    let cap = (TILE_BYTES / (4 * k.max(1))).max(32);
+    let t = cap.min((b * pout).div_ceil(nt.max(1))).max(1);
+    if whole && pout <= t {
+        let g = (t / pout).max(1);
+        (0..b)
+            .step_by(g)
+            .map(|b0| Tile {
+                b0,
+                nb: g.min(b - b0),
+                p0: 0,
+                p1: pout,
+            })
+            .collect()
+    } else {
+        let c = pout.div_ceil(t);
+        (0..b)
+            .flat_map(|b0| {
+                (0..c).map(move |j| Tile {
+                    b0,
+                    nb: 1,
+                    p0: j * pout / c,
+                    p1: (j + 1) * pout / c,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Whether tiles may hold several whole samples: only for small images (one GEMM over several
+/// samples, at the price of a copy of its output), never for 1x1 convs (which read the input in
+/// place per sample).
+fn batch_tiles(g: &ConvGeom) -> bool {
+    !g.is_pointwise() && g.pout() < BATCH_TILE_PIXELS
+}
+
+/// Images with fewer output pixels than this share tiles (GEMMs) between samples.
+const BATCH_TILE_PIXELS: usize = 400;
+
+#[derive(Clone, Copy)]
+enum Bias<'a> {
+    None,
+    /// `[Cout]`
+    Channel(&'a [f32]),
+    /// `[B, Cout]`
+    Sample(&'a [f32]),
+}
+
+impl Bias<'_> {
+    fn get(&self, bi: usize, co: usize, cout: usize) -> f32 {
+        match self {
+            Bias::None => 0.0,
+            Bias::Channel(b) => b[co],
+            Bias::Sample(b) => b[bi * cout + co],
+        }
+    }
+}
+
+/// Fills `cols` (`K x t.cols()`) with the im2col of tile `t`, or returns the input itself for a
+/// single-sample pointwise tile: (pointer to column 0 of row 0, row stride).
+fn tile_columns(g: &ConvGeom, x: &[f32], t: &Tile, cols: &mut [f32]) -> (*const f32, usize) {
+    let xlen = g.xlen();
+    if g.is_pointwise() && t.nb == 1 {
+        return (x[t.b0 * xlen + t.p0..].as_ptr(), g.pout());
+    }
+    let n = t.cols();
+    for j in 0..t.nb {
+        let xb = &x[(t.b0 + j) * xlen..(t.b0 + j + 1) * xlen];
+        g.im2col_range(xb, t.p0, t.p1, cols, n, j * t.np());
+    }
+    (cols.as_ptr(), n)
+}
+
+fn col_scratch_len(g: &ConvGeom, t: &Tile) -> usize {
+    if g.is_pointwise() && t.nb == 1 {
+        0
+    } else {
+        g.k() * t.cols()
+    }
+}
+
+/// `out[B, Cout, Ho, Wo] = conv(x, w) + bias`, tiled and multi-threaded.
+fn conv_forward(
+    g: &ConvGeom,
+    b: usize,
+    cout: usize,
+    x: &[f32],
+    w: &[f32],
+    bias: Bias,
+    out: &mut [f32],
+) {
+    let (k, pout, xlen) = (g.k(), g.pout(), g.xlen());
+    let olen = cout * pout;
+    assert_eq!(x.len(), b * xlen);
+    assert_eq!(w.len(), cout * k);
+    assert_eq!(out.len(), b * olen);
+    let tiles = plan_tiles(b, pout, k, threads(), batch_tiles(g));
+    let optr = SendPtr(out.as_mut_ptr());
+    tiles.par_iter().for_each(|t| {
+        let n = t.cols();
+        let ncol = col_scratch_len(g, t);
+        let ntmp = if t.nb > 1 { cout * n } else { 0 };
+        with_scratch(ncol + ntmp, |s| {
+            let (cols, tmp) = s.split_at_mut(ncol);
+            let (rhs, ld) = tile_columns(g, x, t, cols);
+            if t.nb == 1 {
+                // SAFETY: tile `t` owns columns [p0, p1) of every channel row of sample b0 of
+                // `out` (tiles are disjoint), all inside `out`; `rhs` spans `k` rows of `n`
+                // columns at stride `ld` inside `x` or `cols`.
+                unsafe {
+                    let dst = optr.get().add(t.b0 * olen + t.p0);
+                    let acc = !matches!(bias, Bias::None);
+                    if acc {
+                        for co in 0..cout {
+                            std::slice::from_raw_parts_mut(dst.add(co * pout), n)
+                                .fill(bias.get(t.b0, co, cout));
+                        }
+                    }
+                    sgemm(
+                        (cout, n, k),
+                        dst,
+                        pout,
+                        acc,
+                        w.as_ptr(),
+                        (k, 1),
+                        rhs,
+                        (ld, 1),
+                        Parallelism::None,
+                    );
+                }
+            } else {
+                // SAFETY: `tmp` is `cout x n`; `rhs` as above.
+                unsafe {
+                    sgemm(
+                        (cout, n, k),
+                        tmp.as_mut_ptr(),
+                        n,
+                        false,
+                        w.as_ptr(),
+                        (k, 1),
+                        rhs,
+                        (ld, 1),
+                        Parallelism::None,
+                    );
+                }
+                for j in 0..t.nb {
+                    let bi = t.b0 + j;
+                    for co in 0..cout {
+                        let v = bias.get(bi, co, cout);
+                        let src = &tmp[co * n + j * pout..co * n + (j + 1) * pout];
+                        // SAFETY: whole samples b0 .. b0 + nb of `out` belong to this tile.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                optr.get().add(bi * olen + co * pout),
+                                pout,
+                            )
+                        };
+                        for (d, &s) in dst.iter_mut().zip(src) {
+                            *d = s + v;
+                        }
+                    }
+                }
+            }
+        })
+    });
+}
+
+/// `dW[Cout, K] = sum over the batch of dY [Cout, P] @ cols^T [P, K]`.
+fn conv_weight_grad(g: &ConvGeom, b: usize, cout: usize, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (k, pout) = (g.k(), g.pout());
+    let olen = cout * pout;
+    assert_eq!(x.len(), b * g.xlen());
+    assert_eq!(dy.len(), b * olen);
+    let nt = threads();
+    let tiles = plan_tiles(b, pout, k, nt, batch_tiles(g));
+    let ng = nt.min(tiles.len()).max(1);
+    let groups: Vec<&[Tile]> = (0..ng)
+        .map(|i| &tiles[i * tiles.len() / ng..(i + 1) * tiles.len() / ng])
+        .collect();
+    let parts: Vec<Vec<f32>> = groups
+        .par_iter()
+        .map(|grp| {
+            let mut acc = vec![0f32; cout * k];
+            for (i, t) in grp.iter().enumerate() {
+                let n = t.cols();
+                let ncol = col_scratch_len(g, t);
+                let ntmp = if t.nb > 1 { cout * n } else { 0 };
+                with_scratch(ncol + ntmp, |s| {
+                    let (cols, tmp) = s.split_at_mut(ncol);
+                    let (rhs, ld) = tile_columns(g, x, t, cols);
+                    let (lhs, ldy) = if t.nb == 1 {
+                        (dy[t.b0 * olen + t.p0..].as_ptr(), pout)
+                    } else {
+                        for j in 0..t.nb {
+                            let src = &dy[(t.b0 + j) * olen..(t.b0 + j + 1) * olen];
+                            for co in 0..cout {
+                                tmp[co * n + j * pout..co * n + (j + 1) * pout]
+                                    .copy_from_slice(&src[co * pout..(co + 1) * pout]);
+                            }
+                        }
+                        (tmp.as_ptr(), n)
+                    };
+                    // SAFETY: `lhs` spans `cout` rows of `n` columns at stride `ldy` (in `dy` or
+                    // `tmp`), `rhs` `k` rows of `n` at stride `ld`; `acc` is `cout x k`.
+                    unsafe {
+                        sgemm(
+                            (cout, k, n),
+                            acc.as_mut_ptr(),
+                            k,
+                            i > 0,
+                            lhs,
+                            (ldy, 1),
+                            rhs,
+                            (1, ld),
+                            Parallelism::None,
+                        );
+                    }
+                });
+            }
+            acc
+        })
+        .collect();
+    let mut it = parts.into_iter();
+    let mut dw = it.next().unwrap_or_else(|| vec![0f32; cout * k]);
+    for p in it {
+        for (d, v) in dw.iter_mut().zip(p) {
+            *d += v;
+        }
+    }
+    dw
+}
+
+/// `dX[B, Cin, H, W]` from `dY[B, Cout, Ho, Wo]`.
+fn conv_input_grad(g: &ConvGeom, b: usize, cout: usize, w: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let (k, pout, xlen) = (g.k(), g.pout(), g.xlen());
+    let (kh, kw) = (g.kh, g.kw);
+    // The gather form wants enough input channels to make a GEMM (one channel: a GEMV).
+    if g.stride == 1 && kh == kw && g.pad < kh && g.cin >= 8 {
+        // dX = conv(dY, W'), W'[ci, co, ky, kx] = W[co, ci, kh-1-ky, kw-1-kx], padding kh-1-pad.
+        let mut wf = vec![0f32; w.len()];
+        for co in 0..cout {
+            for ci in 0..g.cin {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        wf[((ci * cout + co) * kh + kh - 1 - ky) * kw + kw - 1 - kx] =
+                            w[((co * g.cin + ci) * kh + ky) * kw + kx];
+                    }
+                }
+            }
+        }
+        let gt = ConvGeom {
+            cin: cout,
+            h: g.ho,
+            w: g.wo,
+            kh,
+            kw,
+            stride: 1,
+            pad: kh - 1 - g.pad,
+            ho: g.h,
+            wo: g.w,
+        };
+        debug_assert_eq!(
+            (gt.ho, gt.wo),
+            ((g.ho + kh - 1) - 2 * g.pad, g.wo + kw - 1 - 2 * g.pad)
+        );
+        conv_forward(&gt, b, g.cin, dy, &wf, Bias::None, dx);
+        return;
+    }
+    // Strided: dcols [K, P] = W^T [K, Cout] @ dY [Cout, P] per pixel range, scattered (col2im)
+    // into dX per sample.
+    let olen = cout * pout;
+    let nt = threads();
+    let par = if b >= nt {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(nt)
+    };
+    let cap = (TILE_BYTES / (4 * k.max(1))).max(32);
+    let chunks = pout.div_ceil(cap).max(1);
+    dx.par_chunks_mut(xlen.max(1))
+        .enumerate()
+        .for_each(|(bi, dxb)| {
+            dxb.fill(0.0);
+            let gb = &dy[bi * olen..(bi + 1) * olen];
+            for c in 0..chunks {
+                let (p0, p1) = (c * pout / chunks, (c + 1) * pout / chunks);
+                let n = p1 - p0;
+                with_scratch(k * n, |dcols| {
+                    // SAFETY: `dcols` is `k x n`; `w` is `cout x k`; `gb` holds `cout` rows of
+                    // `pout >= p0 + n`.
+                    unsafe {
+                        sgemm(
+                            (k, n, cout),
+                            dcols.as_mut_ptr(),
+                            n,
+                            false,
+                            w.as_ptr(),
+                            (1, k),
+                            gb[p0..].as_ptr(),
+                            (pout, 1),
+                            par,
+                        );
+                    }
+                    g.col2im_range(dcols, p0, p1, dxb);
+                });
+            }
+        });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The op
 
 /// 2-D convolution `x: [B, Cin, H, W]`, `w: [Cout, Cin, kh, kw]`, bias `[Cout]` or `[B, Cout]`.
 #[derive(Debug, Clone, Copy)]
@@ -243,52 +729,13 @@ impl CustomOp3 for Conv2dOp {
         let x = slice(s1, l1, "conv2d x")?;
         let wt = slice(s2, l2, "conv2d weight")?;
         let bias = slice(s3, l3, "conv2d bias")?;
-        let (k, pout, xlen) = (g.k(), g.pout(), g.cin * g.h * g.w);
-        let olen = cout * pout;
-        let mut out = vec![0f32; b * olen];
-        let nt = threads();
-        let par = if b >= nt {
-            Parallelism::None
+        let mut out = vec![0f32; b * cout * g.pout()];
+        let bias = if per_sample {
+            Bias::Sample(bias)
         } else {
-            Parallelism::Rayon(nt)
+            Bias::Channel(bias)
         };
-        let ranges = batch_ranges(b, nt);
-        // Hand each range its own slice of the output.
-        let mut outs: Vec<&mut [f32]> = Vec::with_capacity(ranges.len());
-        let mut rest = out.as_mut_slice();
-        for r in &ranges {
-            let (head, tail) = rest.split_at_mut(r.len() * olen);
-            outs.push(head);
-            rest = tail;
-        }
-        outs.into_par_iter()
-            .zip(ranges.into_par_iter())
-            .for_each(|(o, r)| {
-                let mut cols = if g.is_pointwise() {
-                    Vec::new()
-                } else {
-                    vec![0f32; k * pout]
-                };
-                for (j, bi) in r.enumerate() {
-                    let xb = &x[bi * xlen..(bi + 1) * xlen];
-                    let ob = &mut o[j * olen..(j + 1) * olen];
-                    let bb = if per_sample {
-                        &bias[bi * cout..(bi + 1) * cout]
-                    } else {
-                        bias
-                    };
-                    for (row, &v) in ob.chunks_mut(pout).zip(bb) {
-                        row.fill(v);
-                    }
-                    let c: &[f32] = if g.is_pointwise() {
-                        xb
-                    } else {
-                        g.im2col(xb, &mut cols);
-                        &cols
-                    };
-                    sgemm(cout, pout, k, ob, true, wt, (k, 1), c, (pout, 1), par);
-                }
-            });
+        conv_forward(&g, b, cout, x, wt, bias, &mut out);
         Ok((CpuStorage::F32(out), Shape::from((b, cout, g.ho, g.wo))))
     }
 
@@ -301,127 +748,47 @@ impl CustomOp3 for Conv2dOp {
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, cout, g, per_sample) = self.geom(x.shape(), w.shape(), bias.shape())?;
-        let (k, pout, xlen) = (g.k(), g.pout(), g.cin * g.h * g.w);
-        let olen = cout * pout;
+        let pout = g.pout();
         let need_dx = x.track_op();
-        let nt = threads();
-        let par = if b >= nt {
-            Parallelism::None
-        } else {
-            Parallelism::Rayon(nt)
-        };
-        let ranges = batch_ranges(b, nt);
-        let mut dx = vec![0f32; if need_dx { b * xlen } else { 0 }];
-        let mut dbias = vec![0f32; b * cout];
-        let mut dw_parts = vec![vec![0f32; cout * k]; ranges.len()];
-        with_data(x, "conv2d x", |xd| {
+        let (dx, dw, dbias) = with_data(x, "conv2d x", |xd| {
             with_data(w, "conv2d weight", |wd| {
                 with_data(grad_res, "conv2d grad", |gd| {
-                    let mut dxs: Vec<&mut [f32]> = Vec::with_capacity(ranges.len());
-                    let mut rest = dx.as_mut_slice();
-                    let mut dbs: Vec<&mut [f32]> = Vec::with_capacity(ranges.len());
-                    let mut brest = dbias.as_mut_slice();
-                    for r in &ranges {
-                        let n = if need_dx { r.len() * xlen } else { 0 };
-                        let (head, tail) = rest.split_at_mut(n);
-                        dxs.push(head);
-                        rest = tail;
-                        let (bh, bt) = brest.split_at_mut(r.len() * cout);
-                        dbs.push(bh);
-                        brest = bt;
-                    }
-                    dxs.into_par_iter()
-                        .zip(dbs.into_par_iter())
-                        .zip(dw_parts.par_iter_mut())
-                        .zip(ranges.clone().into_par_iter())
-                        .for_each(|(((dxr, dbr), dwp), r)| {
-                            let mut cols = if g.is_pointwise() {
-                                Vec::new()
-                            } else {
-                                vec![0f32; k * pout]
-                            };
-                            let mut dcols = if need_dx && !g.is_pointwise() {
-                                vec![0f32; k * pout]
-                            } else {
-                                Vec::new()
-                            };
-                            for (j, bi) in r.enumerate() {
-                                let xb = &xd[bi * xlen..(bi + 1) * xlen];
-                                let gb = &gd[bi * olen..(bi + 1) * olen];
-                                for (db, row) in dbr[j * cout..(j + 1) * cout]
-                                    .iter_mut()
-                                    .zip(gb.chunks(pout))
-                                {
-                                    *db = sum_f32(row);
-                                }
-                                let c: &[f32] = if g.is_pointwise() {
-                                    xb
-                                } else {
-                                    g.im2col(xb, &mut cols);
-                                    &cols
-                                };
-                                // dW += dY [Cout, P] @ cols^T [P, K]
-                                sgemm(cout, k, pout, dwp, j > 0, gb, (pout, 1), c, (1, pout), par);
-                                if need_dx {
-                                    // dcols [K, P] = W^T [K, Cout] @ dY [Cout, P]
-                                    let dxb = &mut dxr[j * xlen..(j + 1) * xlen];
-                                    if g.is_pointwise() {
-                                        sgemm(
-                                            k,
-                                            pout,
-                                            cout,
-                                            dxb,
-                                            false,
-                                            wd,
-                                            (1, k),
-                                            gb,
-                                            (pout, 1),
-                                            par,
-                                        );
-                                    } else {
-                                        sgemm(
-                                            k,
-                                            pout,
-                                            cout,
-                                            &mut dcols,
-                                            false,
-                                            wd,
-                                            (1, k),
-                                            gb,
-                                            (pout, 1),
-                                            par,
-                                        );
-                                        g.col2im(&dcols, dxb);
-                                    }
-                                }
+                    let mut dbias = vec![0f32; b * cout];
+                    dbias
+                        .par_chunks_mut(cout.max(1))
+                        .zip(gd.par_chunks(cout * pout.max(1)))
+                        .for_each(|(db, gb)| {
+                            for (d, row) in db.iter_mut().zip(gb.chunks(pout.max(1))) {
+                                *d = sum_f32(row);
                             }
                         });
-                    Ok(())
+                    let dw = conv_weight_grad(&g, b, cout, xd, gd);
+                    let dx = if need_dx {
+                        let mut dx = vec![0f32; b * g.xlen()];
+                        conv_input_grad(&g, b, cout, wd, gd, &mut dx);
+                        Some(dx)
+                    } else {
+                        None
+                    };
+                    Ok((dx, dw, dbias))
                 })
             })
         })?;
-        let mut dw = vec![0f32; cout * k];
-        for p in &dw_parts {
-            for (d, &v) in dw.iter_mut().zip(p) {
-                *d += v;
-            }
-        }
         let dev = x.device();
         let db = if per_sample {
             Tensor::from_vec(dbias, (b, cout), dev)?
         } else {
             let mut s = vec![0f32; cout];
-            for row in dbias.chunks(cout) {
+            for row in dbias.chunks(cout.max(1)) {
                 for (a, &v) in s.iter_mut().zip(row) {
                     *a += v;
                 }
             }
             Tensor::from_vec(s, cout, dev)?
         };
-        let dx = if need_dx {
-            Some(Tensor::from_vec(dx, x.shape(), dev)?)
-        } else {
-            None
+        let dx = match dx {
+            Some(dx) => Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            None => None,
         };
         Ok((dx, Some(Tensor::from_vec(dw, w.shape(), dev)?), Some(db)))
     }

@@ -4,6 +4,40 @@ use super::*;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::norm::{simd_fn, simd_level};
+
+simd_fn! {
+    fn silu_slice(x: &[f32], o: &mut [f32]) {
+        for (o, &x) in o.iter_mut().zip(x) {
+            *o = silu_f32(x);
+        }
+    }
+}
+
+simd_fn! {
+    fn silu_bwd_slice(x: &[f32], dy: &[f32], d: &mut [f32]) {
+        for ((d, &x), &dy) in d.iter_mut().zip(x).zip(dy) {
+            *d = dy * silu_grad_f32(x);
+        }
+    }
+}
+
+simd_fn! {
+    fn add_scale_slice(a: &[f32], b: &[f32], o: &mut [f32], s: f32) {
+        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+            *o = (a + b) * s;
+        }
+    }
+}
+
+simd_fn! {
+    fn scale_slice(a: &[f32], o: &mut [f32], s: f32) {
+        for (o, &a) in o.iter_mut().zip(a) {
+            *o = a * s;
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // SiLU
 
@@ -23,11 +57,7 @@ impl CustomOp1 for SiluOp {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(ELEM_CHUNK)
             .zip(x.par_chunks(ELEM_CHUNK))
-            .for_each(|(o, x)| {
-                for (o, &x) in o.iter_mut().zip(x) {
-                    *o = silu_f32(x);
-                }
-            });
+            .for_each(|(o, x)| silu_slice(x, o));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -37,11 +67,7 @@ impl CustomOp1 for SiluOp {
             with_data(grad_res, "silu grad", |dy| {
                 dx.par_chunks_mut(ELEM_CHUNK)
                     .zip(x.par_chunks(ELEM_CHUNK).zip(dy.par_chunks(ELEM_CHUNK)))
-                    .for_each(|(d, (x, dy))| {
-                        for ((d, &x), &dy) in d.iter_mut().zip(x).zip(dy) {
-                            *d = dy * silu_grad_f32(x);
-                        }
-                    });
+                    .for_each(|(d, (x, dy))| silu_bwd_slice(x, dy, d));
                 Ok(())
             })
         })?;
@@ -87,11 +113,7 @@ impl CustomOp2 for AddScaleOp {
         let mut out = vec![0f32; a.len()];
         out.par_chunks_mut(ELEM_CHUNK)
             .zip(a.par_chunks(ELEM_CHUNK).zip(b.par_chunks(ELEM_CHUNK)))
-            .for_each(|(o, (a, b))| {
-                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                    *o = (a + b) * s;
-                }
-            });
+            .for_each(|(o, (a, b))| add_scale_slice(a, b, o, s));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -102,7 +124,16 @@ impl CustomOp2 for AddScaleOp {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = (grad_res * self.scale as f64)?;
+        // One multi-threaded pass (candle's affine is single-threaded); both sides share it.
+        let mut g = vec![0f32; grad_res.elem_count()];
+        let s = self.scale;
+        with_data(grad_res, "add_scale grad", |dy| {
+            g.par_chunks_mut(ELEM_CHUNK)
+                .zip(dy.par_chunks(ELEM_CHUNK))
+                .for_each(|(o, a)| scale_slice(a, o, s));
+            Ok(())
+        })?;
+        let g = Tensor::from_vec(g, grad_res.shape(), grad_res.device())?;
         Ok((Some(g.clone()), Some(g)))
     }
 }

@@ -9,7 +9,7 @@
 //! - [`silu`]: SiLU with a vectorisable `exp`;
 //! - [`conv2d`]: 2-D convolution (any kernel size, stride and padding) as im2col + `gemm`, with
 //!   a per-channel `[C_out]` or per-sample `[B, C_out]` bias (the UNet folds its noise embedding
-//!   into the latter), multi-threaded over the batch;
+//!   into the latter), tiled (bounded, reused scratch);
 //! - [`add_scale`]: `(a + b) * s` (the residual joins).
 //!
 //! Every op wants contiguous f32 CPU tensors; the wrappers make their inputs contiguous and the
@@ -107,32 +107,6 @@ pub(super) fn sum_f32(xs: &[f32]) -> f32 {
         s += a;
     }
     s
-}
-
-/// `sum (x - m)^2`.
-#[inline(always)]
-pub(super) fn sq_dev_sum_f32(xs: &[f32], m: f32) -> f32 {
-    let mut acc = [0f32; 16];
-    let mut it = xs.chunks_exact(16);
-    for c in &mut it {
-        for i in 0..16 {
-            let d = c[i] - m;
-            acc[i] += d * d;
-        }
-    }
-    let mut s: f32 = it.remainder().iter().map(|&x| (x - m) * (x - m)).sum();
-    for a in acc {
-        s += a;
-    }
-    s
-}
-
-/// Mean and `1/sqrt(var + eps)` of one group (two-pass, like candle's GroupNorm).
-pub(super) fn group_stats(xs: &[f32], eps: f32) -> (f32, f32) {
-    let n = xs.len() as f32;
-    let mean = sum_f32(xs) / n;
-    let var = sq_dev_sum_f32(xs, mean) / n;
-    (mean, 1.0 / (var + eps).sqrt())
 }
 
 mod conv;
