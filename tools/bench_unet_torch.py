@@ -3,7 +3,7 @@
 `train.rs`): the same architecture, module names equal to the safetensors names, so the shipped
 weights load with `load_state_dict(strict=True)`. Not used by the tests.
 
-    /work/pyref/bin/python tools/bench_unet_torch.py models/mnist [--parity /tmp/unet_parity.safetensors]
+    python tools/bench_unet_torch.py models/mnist [--parity /tmp/unet_parity.safetensors]
 
 1. Parity: reads the fixed input, sigmas and outputs written by
    `cargo run --release -p diffpost --example bench_unet -- models/mnist` and prints the error of

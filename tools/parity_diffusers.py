@@ -5,7 +5,7 @@
 
 Run from the repository root:
 
-    /work/pyref/bin/python tools/parity_diffusers.py
+    python tools/parity_diffusers.py
 
 Written and run with diffusers 0.42.1, torch 2.15.0 (CPU, float32), safetensors 0.8.0.
 

@@ -2,8 +2,8 @@
 """Reference outputs of the guided-diffusion (OpenAI ADM / DPS FFHQ) UNet for
 `crates/diffpost/tests/guided_parity.rs`, computed with deepinv's port (`deepinv.models.DiffUNet`).
 
-    /work/pyref/bin/python tools/parity_guided.py            # writes the fixtures
-    /work/pyref/bin/python tools/parity_guided.py --bench    # times the DPS FFHQ 256 model
+    python tools/parity_guided.py            # writes the fixtures
+    python tools/parity_guided.py --bench    # times the DPS FFHQ 256 model
 
 Fixtures were produced with Python 3, torch 2.15.0 (CPU), deepinv 0.5.0, safetensors 0.8.0,
 numpy 2.4.6 (`pip install torch deepinv safetensors numpy`).

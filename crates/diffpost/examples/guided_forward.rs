@@ -1,7 +1,7 @@
 //! Times one forward pass of DPS's FFHQ 256 guided-diffusion UNet ([`GuidedUNetConfig::dps_ffhq256`],
 //! about 94M parameters) at batch 1, 256x256, on the CPU.
 //!
-//!     /work/pyref/bin/python tools/parity_guided.py --bench   # torch timing + shared weights
+//!     python tools/parity_guided.py --bench   # torch timing + shared weights
 //!     cargo run --release -p diffpost --example guided_forward [weights.safetensors] [io.safetensors]
 //!
 //! With the files written by `tools/parity_guided.py --bench` (default paths under /tmp) the model
