@@ -135,6 +135,9 @@ enum Cmd {
         /// Langevin steps per stage to try (0, DPS alone, is always included).
         #[arg(long, value_delimiter = ',', default_value = "5,20,80")]
         steps_per_stage: Vec<usize>,
+        /// Langevin step size relative to the stage's stiffness (smaller: more accurate, slower).
+        #[arg(long, default_value_t = 0.2)]
+        h_rel: f64,
     },
     /// Micro-benchmarks (JSON).
     Bench {
@@ -264,6 +267,7 @@ fn main() {
             images,
             dps_steps,
             steps_per_stage,
+            h_rel,
         } => tradeoff::run(&tradeoff::Opts {
             model: &model,
             data: &data,
@@ -271,6 +275,7 @@ fn main() {
             images,
             dps_steps,
             steps_per_stage,
+            h_rel,
         }),
         Cmd::Bench {
             what:

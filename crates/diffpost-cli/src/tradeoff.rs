@@ -16,6 +16,7 @@ use diffpost::sampler::annealed::AnnealedConfig;
 use diffpost::sampler::local::LocalConfig;
 use diffpost::sampler::{dps, local, Problem, Silent, StepRule};
 use plotters::prelude::*;
+use rayon::prelude::*;
 use serde_json::json;
 
 pub struct Opts<'a> {
@@ -25,9 +26,13 @@ pub struct Opts<'a> {
     pub images: usize,
     pub dps_steps: usize,
     pub steps_per_stage: Vec<usize>,
+    pub h_rel: f64,
 }
 
 pub fn run(o: &Opts) -> Result<()> {
+    if !(o.h_rel > 0.0 && o.h_rel.is_finite()) {
+        anyhow::bail!("--h-rel must be finite and > 0, got {}", o.h_rel);
+    }
     let model = crate::demo_images::shipped(o.model);
     let prior = crate::train_cmd::load_model(&model, &Device::Cpu)?;
     let shape = prior.image_shape();
@@ -47,31 +52,39 @@ pub fn run(o: &Opts) -> Result<()> {
     let dirs = random_directions(d, 200, 7);
     let truth_rows: Vec<Vec<f64>> = truth.to_vec2()?;
     let floor = sliced_w2(&truth.flatten_all()?.to_vec1::<f64>()?, &held_out, d, &dirs)?;
-    let mut x0s = Vec::with_capacity(k);
-    let mut problems = Vec::with_capacity(k);
-    for (i, t) in truth_rows.iter().enumerate() {
-        let y = crate::config::simulate(op.as_ref(), t, eta, i as u64)?;
-        problems.push(Tensor::from_vec(y, op.out_dim(), &Device::Cpu)?);
-        let p = Problem::new(&prior, op.as_ref(), &problems[i], eta)?;
-        let s = dps::sample(
-            &p,
-            &dps::DpsConfig {
-                steps: o.dps_steps,
-                ..Default::default()
-            },
-            &mut SampleStreams::new(500, [i as u64]),
-            &Silent,
-        )?;
-        x0s.push(s.samples.clamp(-1.0, 1.0)?);
-    }
+    // Images run in parallel (each has its own streams: results do not depend on the order).
+    let problems: Vec<Tensor> = truth_rows
+        .iter()
+        .enumerate()
+        .map(|(i, t)| -> Result<Tensor> {
+            let y = crate::config::simulate(op.as_ref(), t, eta, i as u64)?;
+            Ok(Tensor::from_vec(y, op.out_dim(), &Device::Cpu)?)
+        })
+        .collect::<Result<_>>()?;
+    let x0s: Vec<Tensor> = (0..k)
+        .into_par_iter()
+        .map(|i| -> Result<Tensor> {
+            let p = Problem::new(&prior, op.as_ref(), &problems[i], eta)?;
+            let s = dps::sample(
+                &p,
+                &dps::DpsConfig {
+                    steps: o.dps_steps,
+                    ..Default::default()
+                },
+                &mut SampleStreams::new(500, [i as u64]),
+                &Silent,
+            )?;
+            Ok(s.samples.clamp(-1.0, 1.0)?)
+        })
+        .collect::<Result<_>>()?;
     let mut rows = Vec::new();
     for &m in std::iter::once(&0usize).chain(o.steps_per_stage.iter()) {
-        let mut recon: Vec<f64> = Vec::with_capacity(k * d);
-        let mut time = 0.0;
-        for i in 0..k {
-            let x = if m == 0 {
-                x0s[i].clone()
-            } else {
+        let outs: Vec<(Vec<f64>, f64)> = (0..k)
+            .into_par_iter()
+            .map(|i| -> Result<(Vec<f64>, f64)> {
+                if m == 0 {
+                    return Ok((x0s[i].flatten_all()?.to_vec1::<f64>()?, 0.0));
+                }
                 let p = Problem::new(&prior, op.as_ref(), &problems[i], eta)?;
                 let cfg = LocalConfig {
                     sigma: 0.1,
@@ -79,7 +92,7 @@ pub fn run(o: &Opts) -> Result<()> {
                     annealed: AnnealedConfig {
                         stages: 5,
                         steps_per_stage: m,
-                        step: StepRule::Relative { h_rel: 0.2 },
+                        step: StepRule::Relative { h_rel: o.h_rel },
                         score_sigma: Some(0.05),
                         ..Default::default()
                     },
@@ -91,16 +104,17 @@ pub fn run(o: &Opts) -> Result<()> {
                     &mut SampleStreams::new(900, [i as u64]),
                     &Silent,
                 )?;
-                time = out
+                let time = out
                     .info
                     .steps
                     .as_ref()
                     .map(|h| h.iter().sum::<f64>() * m as f64)
                     .unwrap_or(0.0);
-                out.samples
-            };
-            recon.extend(x.flatten_all()?.to_vec1::<f64>()?);
-        }
+                Ok((out.samples.flatten_all()?.to_vec1::<f64>()?, time))
+            })
+            .collect::<Result<_>>()?;
+        let time = outs.last().map(|o| o.1).unwrap_or(0.0);
+        let recon: Vec<f64> = outs.into_iter().flat_map(|o| o.0).collect();
         let l2: f64 = truth_rows
             .iter()
             .enumerate()
@@ -120,9 +134,10 @@ pub fn run(o: &Opts) -> Result<()> {
     std::fs::create_dir_all(o.out)?;
     let mut md = format!(
         "Random inpainting (70% missing), eta = 0.05, {k} test digits, one posterior sample each; DPS ({} steps) then Algorithm 2\n\
-         (5 stages, sigma = 0.1, score at sigma 0.05, h_rel = 0.2) for increasing steps per stage. Sliced W2 in pixels (200 directions)\n\
+         (5 stages, sigma = 0.1, score at sigma 0.05, h_rel = {}) for increasing steps per stage. Sliced W2 in pixels (200 directions)\n\
          to {} held-out digits; the ground truths themselves are at {floor:.4}.\n\n| steps/stage | annealing time | mean L2 to truth | sliced W2 to held-out |\n|---|---|---|---|\n",
         o.dps_steps,
+        o.h_rel,
         n_all - k
     );
     for (m, t, l2, sw) in &rows {
