@@ -124,6 +124,9 @@ pub fn run(o: &Opts) -> Result<()> {
                     steps_per_stage: 20,
                     step: StepRule::Relative { h_rel: 0.2 },
                     score_sigma: Some(0.05),
+                    // The chains sample the posterior of p smoothed at 0.05; D(x, 0.05) at the end
+                    // removes that smoothing noise (see AnnealedConfig::final_denoise).
+                    final_denoise: true,
                     ..Default::default()
                 },
             };

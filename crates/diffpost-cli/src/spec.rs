@@ -154,6 +154,7 @@ impl<'a> Table<'a> {
             init: self.init("diffusion")?,
             l_prior: self.get("l_prior")?,
             score_sigma: self.get("score_sigma")?,
+            final_denoise: self.or("final_denoise", d.final_denoise)?,
         })
     }
 

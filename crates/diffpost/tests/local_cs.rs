@@ -260,3 +260,65 @@ fn cs_check_fails_with_scaled_score() {
         ratio(m.sw2, &b.floors.sw2)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// `final_denoise`: the same chains, then the tilted prior's Tweedie denoiser at score_sigma.
+
+#[test]
+fn final_denoise_applies_tweedie_at_the_score_level_to_the_same_chains() {
+    let inst = diffpost::problem::random_gmm_instance(30, 15, 1, 0.1, 0).unwrap();
+    let op = Dense::new(inst.a.clone()).unwrap();
+    let y = Tensor::from_vec(
+        inst.y.iter().copied().collect::<Vec<_>>(),
+        inst.y.len(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let problem = diffpost::sampler::Problem::new(&inst.prior, &op, &y, inst.eta).unwrap();
+    let x0 = Tensor::zeros((1, 30), candle_core::DType::F64, &Device::Cpu).unwrap();
+    let s_sigma = 0.3;
+    let run = |final_denoise: bool| -> Output {
+        let cfg = LocalConfig {
+            sigma: 0.5,
+            start_at_x0: true,
+            annealed: AnnealedConfig {
+                stages: 3,
+                steps_per_stage: 10,
+                score_sigma: Some(s_sigma),
+                final_denoise,
+                ..Default::default()
+            },
+        };
+        local::sample(
+            &problem,
+            &x0,
+            &cfg,
+            &mut SampleStreams::new(5, 0..8),
+            &Silent,
+        )
+        .unwrap()
+    };
+    let (plain, denoised) = (run(false), run(true));
+    assert_eq!(denoised.score_evals, plain.score_evals + 1);
+    let tilted = GaussianTilted::new(&inst.prior, x0.clone(), 0.5).unwrap();
+    let want = tilted.denoise(&plain.samples, s_sigma).unwrap();
+    let err = (denoised.samples.clone() - &want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    assert!(err < 1e-12, "{err}");
+    // And it changes the samples (Tweedie shrinks them): the check above cannot pass vacuously.
+    let moved = (denoised.samples - &plain.samples)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    assert!(moved > 1e-3, "{moved}");
+}

@@ -452,3 +452,34 @@ fn conv2d_tiled_paths_match_candle() {
         );
     }
 }
+
+/// The fused stride-1 backward (one im2col of the output gradient gives both the input and the
+/// weight gradient) at other geometries: no padding, 5x5 with padding 2 and 1, non-square,
+/// batched and pixel-range tiles, a tile count that does not divide the batch evenly.
+#[test]
+fn conv2d_fused_backward_geometries_match_candle() {
+    // (batch, cin, cout, h, w, k, stride, pad, per-sample bias)
+    let cases = [
+        (5, 8, 6, 9, 7, 3, 1, 0, false),    // valid conv: 9x7 -> 7x5
+        (3, 9, 4, 8, 11, 5, 1, 2, true),    // 5x5 "same"
+        (2, 10, 3, 12, 9, 5, 1, 1, false),  // 5x5, output smaller than the input
+        (7, 16, 9, 14, 14, 3, 1, 1, true),  // batched tiles, odd batch
+        (1, 40, 2, 120, 90, 3, 1, 1, true), // pixel ranges of one sample
+    ];
+    for (i, &(b, cin, cout, h, w, k, stride, pad, per_sample)) in cases.iter().enumerate() {
+        let x = rnd(&[b, cin, h, w], 220 + i as u64, 1.0, 0.1);
+        let wt = rnd(&[cout, cin, k, k], 240 + i as u64, 0.3, 0.0);
+        let bias = if per_sample {
+            rnd(&[b, cout], 260 + i as u64, 0.5, 0.0)
+        } else {
+            rnd(&[cout], 260 + i as u64, 0.5, 0.0)
+        };
+        check_pair(
+            &format!("conv2d fused backward case {i}"),
+            &[x, wt, bias],
+            |t| kernels::conv2d(&t[0], &t[1], &t[2], stride, pad).unwrap(),
+            |t| reference_conv(t, stride, pad),
+            1e-4,
+        );
+    }
+}

@@ -6,11 +6,18 @@
 //! large images split each sample into pixel ranges (the scratch stays bounded, however large
 //! the image). Tiles run in parallel on rayon's threads, each with a thread-local scratch buffer
 //! that is reused from call to call, and each GEMM is single-threaded (no nested parallelism).
-//! 1x1 stride-1 convolutions read the input in place. Backward: the input gradient of a stride-1
-//! convolution is itself a convolution (of the output gradient with the flipped, transposed
-//! kernel) and runs through the same tiles; other strides scatter (col2im) per sample. The
-//! weight gradient accumulates one GEMM per tile into a fixed number of partial sums, reduced in
-//! a fixed order (deterministic for a fixed thread count).
+//! 1x1 stride-1 convolutions read the input in place. The tile count is a multiple of the
+//! thread count where possible, with even tiles (every core busy to the end).
+//!
+//! Backward of a stride-1 convolution (the input gradient is itself a convolution, of the output
+//! gradient with the flipped, transposed kernel): ONE im2col per tile, of the output gradient in
+//! that flipped geometry, feeds both the input-gradient GEMM and the weight-gradient GEMM (the
+//! same columns, shifted by the kernel offsets, pair each input pixel with the output gradients
+//! it contributed to), which reads those columns in place with the pixels as its reduction
+//! dimension and packs only the small input block. Other strides (and constant inputs) take the
+//! weight gradient from the im2col of the input, oriented the same way, and scatter the input
+//! gradient (col2im) per sample. Weight gradients accumulate one GEMM per tile into a fixed number
+//! of partial sums, reduced in a fixed order (deterministic for a fixed thread count).
 
 use super::*;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -243,8 +250,10 @@ impl ConvGeom {
 // ---------------------------------------------------------------------------------------------
 // GEMM, scratch, tiles
 
-/// Row-major `dst[m, n] (+)= lhs[m, k] @ rhs[k, n]`; `dst` has row stride `dst_rs` and unit
-/// column stride, `lhs` and `rhs` explicit (row, column) strides.
+/// `dst[m, n] (+)= lhs[m, k] @ rhs[k, n]`, every operand with explicit (row, column) strides.
+/// (`gemm` packs its `lhs` in `m`-contiguous panels and reads an `rhs` with unit row stride in
+/// place, transposing the problem when `dst` is row-major: callers choose the orientation that
+/// leaves the large operand in the layout read without a transposing copy.)
 ///
 /// # Safety
 /// Every element addressed through the three pointers and strides must be in bounds, and `dst`
@@ -253,7 +262,7 @@ impl ConvGeom {
 unsafe fn sgemm(
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,
-    dst_rs: usize,
+    (dst_rs, dst_cs): (usize, usize),
     accumulate: bool,
     lhs: *const f32,
     (lhs_rs, lhs_cs): (usize, usize),
@@ -267,7 +276,9 @@ unsafe fn sgemm(
     if k == 0 {
         if !accumulate {
             for i in 0..m {
-                std::slice::from_raw_parts_mut(dst.add(i * dst_rs), n).fill(0.0);
+                for j in 0..n {
+                    *dst.add(i * dst_rs + j * dst_cs) = 0.0;
+                }
             }
         }
         return;
@@ -277,7 +288,7 @@ unsafe fn sgemm(
         n,
         k,
         dst,
-        1,
+        dst_cs as isize,
         dst_rs as isize,
         accumulate,
         lhs,
@@ -354,27 +365,40 @@ impl Tile {
 }
 
 /// Cuts the `b * pout` output columns into tiles of at most [`TILE_BYTES`] of `k`-row im2col,
-/// and into at least `nt` tiles when there are that many columns. Without `whole`, a tile never
+/// and into at least `nt` tiles when there are that many columns; the tile count is a multiple of
+/// `nt` where possible and the tiles are as even as whole samples (pixel ranges) allow, so that
+/// `nt` threads (or contiguous groups of tiles) get equal work. Without `whole`, a tile never
 /// spans several samples.
 fn plan_tiles(b: usize, pout: usize, k: usize, nt: usize, whole: bool) -> Vec<Tile> {
     if b == 0 || pout == 0 {
         return Vec::new();
     }
+    let nt = nt.max(1);
     let cap = (TILE_BYTES / (4 * k.max(1))).max(32);
-    let t = cap.min((b * pout).div_ceil(nt.max(1))).max(1);
+    let t = cap.min((b * pout).div_ceil(nt)).max(1);
     if whole && pout <= t {
         let g = (t / pout).max(1);
-        (0..b)
-            .step_by(g)
-            .map(|b0| Tile {
-                b0,
-                nb: g.min(b - b0),
-                p0: 0,
-                p1: pout,
+        let n = (b.div_ceil(g).div_ceil(nt) * nt).min(b);
+        (0..n)
+            .map(|i| {
+                let (b0, b1) = (i * b / n, (i + 1) * b / n);
+                Tile {
+                    b0,
+                    nb: b1 - b0,
+                    p0: 0,
+                    p1: pout,
+                }
             })
             .collect()
     } else {
-        let c = pout.div_ceil(t);
+        let mut c = pout.div_ceil(t);
+        // Round the number of tiles up to a multiple of `nt` (at most `nt - 1` more ranges).
+        let c_even = (c..c + nt)
+            .find(|&c| (b * c).is_multiple_of(nt))
+            .unwrap_or(c);
+        if c_even <= pout {
+            c = c_even;
+        }
         (0..b)
             .flat_map(|b0| {
                 (0..c).map(move |j| Tile {
@@ -440,6 +464,74 @@ fn col_scratch_len(g: &ConvGeom, t: &Tile) -> usize {
     }
 }
 
+/// The GEMM of one forward tile: pixels of tile `t` of `out[B, Cout, Ho, Wo]` = `w @ cols + bias`,
+/// `cols` (`K` rows of `t.cols()`, row stride `ld`) from [`tile_columns`]; `tmp` holds
+/// `cout * t.cols()` floats when the tile has several samples.
+///
+/// # Safety
+/// `out` points at `B * cout * pout` floats of which tile `t` owns its pixels (no other thread
+/// writes them); `rhs` spans `K` rows of `t.cols()` at stride `ld`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn forward_tile(
+    g: &ConvGeom,
+    cout: usize,
+    w: &[f32],
+    bias: Bias,
+    t: &Tile,
+    (rhs, ld): (*const f32, usize),
+    tmp: &mut [f32],
+    out: SendPtr,
+) {
+    let (k, pout) = (g.k(), g.pout());
+    let olen = cout * pout;
+    let n = t.cols();
+    if t.nb == 1 {
+        let dst = out.get().add(t.b0 * olen + t.p0);
+        let acc = !matches!(bias, Bias::None);
+        if acc {
+            for co in 0..cout {
+                std::slice::from_raw_parts_mut(dst.add(co * pout), n)
+                    .fill(bias.get(t.b0, co, cout));
+            }
+        }
+        sgemm(
+            (cout, n, k),
+            dst,
+            (pout, 1),
+            acc,
+            w.as_ptr(),
+            (k, 1),
+            rhs,
+            (ld, 1),
+            Parallelism::None,
+        );
+    } else {
+        sgemm(
+            (cout, n, k),
+            tmp.as_mut_ptr(),
+            (n, 1),
+            false,
+            w.as_ptr(),
+            (k, 1),
+            rhs,
+            (ld, 1),
+            Parallelism::None,
+        );
+        for j in 0..t.nb {
+            let bi = t.b0 + j;
+            for co in 0..cout {
+                let v = bias.get(bi, co, cout);
+                let src = &tmp[co * n + j * pout..co * n + (j + 1) * pout];
+                let dst =
+                    std::slice::from_raw_parts_mut(out.get().add(bi * olen + co * pout), pout);
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    *d = s + v;
+                }
+            }
+        }
+    }
+}
+
 /// `out[B, Cout, Ho, Wo] = conv(x, w) + bias`, tiled and multi-threaded.
 fn conv_forward(
     g: &ConvGeom,
@@ -451,79 +543,76 @@ fn conv_forward(
     out: &mut [f32],
 ) {
     let (k, pout, xlen) = (g.k(), g.pout(), g.xlen());
-    let olen = cout * pout;
     assert_eq!(x.len(), b * xlen);
     assert_eq!(w.len(), cout * k);
-    assert_eq!(out.len(), b * olen);
+    assert_eq!(out.len(), b * cout * pout);
     let tiles = plan_tiles(b, pout, k, threads(), batch_tiles(g));
     let optr = SendPtr(out.as_mut_ptr());
     tiles.par_iter().for_each(|t| {
-        let n = t.cols();
         let ncol = col_scratch_len(g, t);
-        let ntmp = if t.nb > 1 { cout * n } else { 0 };
+        let ntmp = if t.nb > 1 { cout * t.cols() } else { 0 };
         with_scratch(ncol + ntmp, |s| {
             let (cols, tmp) = s.split_at_mut(ncol);
-            let (rhs, ld) = tile_columns(g, x, t, cols);
-            if t.nb == 1 {
-                // SAFETY: tile `t` owns columns [p0, p1) of every channel row of sample b0 of
-                // `out` (tiles are disjoint), all inside `out`; `rhs` spans `k` rows of `n`
-                // columns at stride `ld` inside `x` or `cols`.
-                unsafe {
-                    let dst = optr.get().add(t.b0 * olen + t.p0);
-                    let acc = !matches!(bias, Bias::None);
-                    if acc {
-                        for co in 0..cout {
-                            std::slice::from_raw_parts_mut(dst.add(co * pout), n)
-                                .fill(bias.get(t.b0, co, cout));
-                        }
-                    }
-                    sgemm(
-                        (cout, n, k),
-                        dst,
-                        pout,
-                        acc,
-                        w.as_ptr(),
-                        (k, 1),
-                        rhs,
-                        (ld, 1),
-                        Parallelism::None,
-                    );
-                }
-            } else {
-                // SAFETY: `tmp` is `cout x n`; `rhs` as above.
-                unsafe {
-                    sgemm(
-                        (cout, n, k),
-                        tmp.as_mut_ptr(),
-                        n,
-                        false,
-                        w.as_ptr(),
-                        (k, 1),
-                        rhs,
-                        (ld, 1),
-                        Parallelism::None,
-                    );
-                }
-                for j in 0..t.nb {
-                    let bi = t.b0 + j;
-                    for co in 0..cout {
-                        let v = bias.get(bi, co, cout);
-                        let src = &tmp[co * n + j * pout..co * n + (j + 1) * pout];
-                        // SAFETY: whole samples b0 .. b0 + nb of `out` belong to this tile.
-                        let dst = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                optr.get().add(bi * olen + co * pout),
-                                pout,
-                            )
-                        };
-                        for (d, &s) in dst.iter_mut().zip(src) {
-                            *d = s + v;
-                        }
-                    }
-                }
-            }
+            let rhs = tile_columns(g, x, t, cols);
+            // SAFETY: tiles are disjoint sets of pixels of `out`; `rhs` from `tile_columns`.
+            unsafe { forward_tile(g, cout, w, bias, t, rhs, tmp, optr) };
         })
     });
+}
+
+/// `gt[j, i] (+)= sum_q a[i, q] cols[j, q]` (`gt`: `nj x ni`, row-major) over `nq` columns: the
+/// weight-gradient GEMM, oriented so that the large column block `cols` (row stride `ld`) is
+/// read in place and only the small `a` (`ni` rows at stride `a_rs`) is packed.
+///
+/// # Safety
+/// `gt` holds `nj * ni` floats written by no one else; `a` and `cols` span their rows.
+#[allow(clippy::too_many_arguments)]
+unsafe fn weight_grad_gemm(
+    (ni, nj, nq): (usize, usize, usize),
+    gt: *mut f32,
+    accumulate: bool,
+    a: *const f32,
+    a_rs: usize,
+    cols: *const f32,
+    ld: usize,
+) {
+    sgemm(
+        (ni, nj, nq),
+        gt,
+        (1, ni),
+        accumulate,
+        a,
+        (a_rs, 1),
+        cols,
+        (1, ld),
+        Parallelism::None,
+    );
+}
+
+/// Splits `tiles` into at most `nt` contiguous groups (one partial sum each), runs `f(group,
+/// partial)` on them in parallel and returns the partials summed in a fixed order.
+fn grouped_partials(
+    tiles: &[Tile],
+    len: usize,
+    f: impl Fn(&[Tile], &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let ng = threads().min(tiles.len()).max(1);
+    let mut parts: Vec<Vec<f32>> = (0..ng)
+        .into_par_iter()
+        .map(|i| {
+            let grp = &tiles[i * tiles.len() / ng..(i + 1) * tiles.len() / ng];
+            let mut acc = vec![0f32; len];
+            f(grp, &mut acc);
+            acc
+        })
+        .collect();
+    let mut dw = parts.remove(0);
+    for p in parts {
+        for (d, v) in dw.iter_mut().zip(p) {
+            *d += v;
+        }
+    }
+    dw
 }
 
 /// `dW[Cout, K] = sum over the batch of dY [Cout, P] @ cols^T [P, K]`.
@@ -532,101 +621,152 @@ fn conv_weight_grad(g: &ConvGeom, b: usize, cout: usize, x: &[f32], dy: &[f32]) 
     let olen = cout * pout;
     assert_eq!(x.len(), b * g.xlen());
     assert_eq!(dy.len(), b * olen);
-    let nt = threads();
-    let tiles = plan_tiles(b, pout, k, nt, batch_tiles(g));
-    let ng = nt.min(tiles.len()).max(1);
-    let groups: Vec<&[Tile]> = (0..ng)
-        .map(|i| &tiles[i * tiles.len() / ng..(i + 1) * tiles.len() / ng])
-        .collect();
-    let parts: Vec<Vec<f32>> = groups
-        .par_iter()
-        .map(|grp| {
-            let mut acc = vec![0f32; cout * k];
-            for (i, t) in grp.iter().enumerate() {
-                let n = t.cols();
-                let ncol = col_scratch_len(g, t);
-                let ntmp = if t.nb > 1 { cout * n } else { 0 };
-                with_scratch(ncol + ntmp, |s| {
-                    let (cols, tmp) = s.split_at_mut(ncol);
-                    let (rhs, ld) = tile_columns(g, x, t, cols);
-                    let (lhs, ldy) = if t.nb == 1 {
-                        (dy[t.b0 * olen + t.p0..].as_ptr(), pout)
-                    } else {
-                        for j in 0..t.nb {
-                            let src = &dy[(t.b0 + j) * olen..(t.b0 + j + 1) * olen];
-                            for co in 0..cout {
-                                tmp[co * n + j * pout..co * n + (j + 1) * pout]
-                                    .copy_from_slice(&src[co * pout..(co + 1) * pout]);
-                            }
+    let tiles = plan_tiles(b, pout, k, threads(), batch_tiles(g));
+    // gt[K, Cout] = sum cols [K, P] @ dY^T [P, Cout]: cols read in place, dY packed.
+    let gt = grouped_partials(&tiles, k * cout, |grp, acc| {
+        for (i, t) in grp.iter().enumerate() {
+            let n = t.cols();
+            let ncol = col_scratch_len(g, t);
+            let ntmp = if t.nb > 1 { cout * n } else { 0 };
+            with_scratch(ncol + ntmp, |s| {
+                let (cols, tmp) = s.split_at_mut(ncol);
+                let (rhs, ld) = tile_columns(g, x, t, cols);
+                let (lhs, ldy) = if t.nb == 1 {
+                    (dy[t.b0 * olen + t.p0..].as_ptr(), pout)
+                } else {
+                    for j in 0..t.nb {
+                        let src = &dy[(t.b0 + j) * olen..(t.b0 + j + 1) * olen];
+                        for co in 0..cout {
+                            tmp[co * n + j * pout..co * n + (j + 1) * pout]
+                                .copy_from_slice(&src[co * pout..(co + 1) * pout]);
                         }
-                        (tmp.as_ptr(), n)
-                    };
-                    // SAFETY: `lhs` spans `cout` rows of `n` columns at stride `ldy` (in `dy` or
-                    // `tmp`), `rhs` `k` rows of `n` at stride `ld`; `acc` is `cout x k`.
-                    unsafe {
-                        sgemm(
-                            (cout, k, n),
-                            acc.as_mut_ptr(),
-                            k,
-                            i > 0,
-                            lhs,
-                            (ldy, 1),
-                            rhs,
-                            (1, ld),
-                            Parallelism::None,
-                        );
                     }
-                });
-            }
-            acc
-        })
-        .collect();
-    let mut it = parts.into_iter();
-    let mut dw = it.next().unwrap_or_else(|| vec![0f32; cout * k]);
-    for p in it {
-        for (d, v) in dw.iter_mut().zip(p) {
-            *d += v;
+                    (tmp.as_ptr(), n)
+                };
+                // SAFETY: `lhs` spans `cout` rows of `n` columns at stride `ldy` (in `dy` or
+                // `tmp`), `rhs` `k` rows of `n` at stride `ld`; `acc` is `k x cout`.
+                unsafe {
+                    weight_grad_gemm((cout, k, n), acc.as_mut_ptr(), i > 0, lhs, ldy, rhs, ld)
+                };
+            });
+        }
+    });
+    let mut dw = vec![0f32; cout * k];
+    for (kk, row) in gt.chunks_exact(cout.max(1)).enumerate() {
+        for (co, &v) in row.iter().enumerate() {
+            dw[co * k + kk] = v;
         }
     }
     dw
 }
 
-/// `dX[B, Cin, H, W]` from `dY[B, Cout, Ho, Wo]`.
-fn conv_input_grad(g: &ConvGeom, b: usize, cout: usize, w: &[f32], dy: &[f32], dx: &mut [f32]) {
-    let (k, pout, xlen) = (g.k(), g.pout(), g.xlen());
+/// The input gradient of a stride-1 convolution as a convolution: `dX = conv(dY, W')`,
+/// `W'[ci, co, ky, kx] = W[co, ci, kh-1-ky, kw-1-kx]`, padding `kh-1-pad`. Returns `(W', its
+/// geometry)`, or None where that form does not apply (strides, too few input channels for a
+/// GEMM: one channel is a GEMV).
+fn flipped_conv(g: &ConvGeom, cout: usize, w: &[f32]) -> Option<(Vec<f32>, ConvGeom)> {
     let (kh, kw) = (g.kh, g.kw);
-    // The gather form wants enough input channels to make a GEMM (one channel: a GEMV).
-    if g.stride == 1 && kh == kw && g.pad < kh && g.cin >= 8 {
-        // dX = conv(dY, W'), W'[ci, co, ky, kx] = W[co, ci, kh-1-ky, kw-1-kx], padding kh-1-pad.
-        let mut wf = vec![0f32; w.len()];
-        for co in 0..cout {
-            for ci in 0..g.cin {
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        wf[((ci * cout + co) * kh + kh - 1 - ky) * kw + kw - 1 - kx] =
-                            w[((co * g.cin + ci) * kh + ky) * kw + kx];
-                    }
+    if !(g.stride == 1 && kh == kw && g.pad < kh && g.cin >= 8) {
+        return None;
+    }
+    let mut wf = vec![0f32; w.len()];
+    for co in 0..cout {
+        for ci in 0..g.cin {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    wf[((ci * cout + co) * kh + kh - 1 - ky) * kw + kw - 1 - kx] =
+                        w[((co * g.cin + ci) * kh + ky) * kw + kx];
                 }
             }
         }
-        let gt = ConvGeom {
-            cin: cout,
-            h: g.ho,
-            w: g.wo,
-            kh,
-            kw,
-            stride: 1,
-            pad: kh - 1 - g.pad,
-            ho: g.h,
-            wo: g.w,
-        };
-        debug_assert_eq!(
-            (gt.ho, gt.wo),
-            ((g.ho + kh - 1) - 2 * g.pad, g.wo + kw - 1 - 2 * g.pad)
-        );
-        conv_forward(&gt, b, g.cin, dy, &wf, Bias::None, dx);
-        return;
     }
+    let gt = ConvGeom {
+        cin: cout,
+        h: g.ho,
+        w: g.wo,
+        kh,
+        kw,
+        stride: 1,
+        pad: kh - 1 - g.pad,
+        ho: g.h,
+        wo: g.w,
+    };
+    debug_assert_eq!(
+        (gt.ho, gt.wo),
+        ((g.ho + kh - 1) - 2 * g.pad, g.wo + kw - 1 - 2 * g.pad)
+    );
+    Some((wf, gt))
+}
+
+/// Input and weight gradients of a stride-1 convolution from ONE im2col per tile: the columns
+/// `D` of `dY` in the flipped geometry (see [`flipped_conv`]) give `dX = W' @ D`, and, as
+/// `D[(co, a, b), q] = dY[co, q + (a, b) - (kh-1-pad)]`, also
+/// `dW[co, ci, kh-1-a, kw-1-b] = sum_q D[(co, a, b), q] X[ci, q]` over the input pixels `q`.
+fn conv_backward_fused(
+    g: &ConvGeom,
+    b: usize,
+    cout: usize,
+    x: &[f32],
+    dy: &[f32],
+    (wf, gt): (&[f32], &ConvGeom),
+    dx: &mut [f32],
+) -> Vec<f32> {
+    let (cin, kh, kw) = (g.cin, g.kh, g.kw);
+    let (kd, hw, xlen) = (gt.k(), gt.pout(), g.xlen());
+    assert_eq!(x.len(), b * xlen);
+    assert_eq!(dx.len(), b * xlen);
+    assert_eq!(dy.len(), b * cout * g.pout());
+    let tiles = plan_tiles(b, hw, kd, threads(), batch_tiles(gt));
+    let dxp = SendPtr(dx.as_mut_ptr());
+    // gtw[(co, a, b), ci]
+    let gtw = grouped_partials(&tiles, kd * cin, |grp, acc| {
+        for (i, t) in grp.iter().enumerate() {
+            let n = t.cols();
+            let ncol = col_scratch_len(gt, t);
+            let (ntmp, nx) = if t.nb > 1 { (cin * n, cin * n) } else { (0, 0) };
+            with_scratch(ncol + ntmp + nx, |s| {
+                let (cols, s) = s.split_at_mut(ncol);
+                let (tmp, xs) = s.split_at_mut(ntmp);
+                let (rhs, ld) = tile_columns(gt, dy, t, cols);
+                // SAFETY: tiles are disjoint sets of pixels of `dx`; `rhs` from `tile_columns`.
+                unsafe { forward_tile(gt, cin, wf, Bias::None, t, (rhs, ld), tmp, dxp) };
+                let (a, a_rs) = if t.nb == 1 {
+                    (x[t.b0 * xlen + t.p0..].as_ptr(), hw)
+                } else {
+                    for j in 0..t.nb {
+                        let src = &x[(t.b0 + j) * xlen..(t.b0 + j + 1) * xlen];
+                        for ci in 0..cin {
+                            xs[ci * n + j * hw..ci * n + (j + 1) * hw]
+                                .copy_from_slice(&src[ci * hw..(ci + 1) * hw]);
+                        }
+                    }
+                    (xs.as_ptr(), n)
+                };
+                // SAFETY: `a` spans `cin` rows of `n` columns at stride `a_rs` (in `x` or `xs`),
+                // `rhs` `kd` rows of `n` at stride `ld`; `acc` is `kd x cin`.
+                unsafe {
+                    weight_grad_gemm((cin, kd, n), acc.as_mut_ptr(), i > 0, a, a_rs, rhs, ld)
+                };
+            });
+        }
+    });
+    let mut dw = vec![0f32; cout * cin * kh * kw];
+    for co in 0..cout {
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let row = &gtw[((co * kh + kh - 1 - ky) * kw + kw - 1 - kx) * cin..][..cin];
+                for (ci, &v) in row.iter().enumerate() {
+                    dw[((co * cin + ci) * kh + ky) * kw + kx] = v;
+                }
+            }
+        }
+    }
+    dw
+}
+
+/// `dX[B, Cin, H, W]` from `dY[B, Cout, Ho, Wo]` where [`flipped_conv`] does not apply.
+fn conv_input_grad(g: &ConvGeom, b: usize, cout: usize, w: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let (k, pout, xlen) = (g.k(), g.pout(), g.xlen());
     // Strided: dcols [K, P] = W^T [K, Cout] @ dY [Cout, P] per pixel range, scattered (col2im)
     // into dX per sample.
     let olen = cout * pout;
@@ -653,7 +793,7 @@ fn conv_input_grad(g: &ConvGeom, b: usize, cout: usize, w: &[f32], dy: &[f32], d
                         sgemm(
                             (k, n, cout),
                             dcols.as_mut_ptr(),
-                            n,
+                            (n, 1),
                             false,
                             w.as_ptr(),
                             (1, k),
@@ -762,13 +902,21 @@ impl CustomOp3 for Conv2dOp {
                                 *d = sum_f32(row);
                             }
                         });
-                    let dw = conv_weight_grad(&g, b, cout, xd, gd);
-                    let dx = if need_dx {
-                        let mut dx = vec![0f32; b * g.xlen()];
-                        conv_input_grad(&g, b, cout, wd, gd, &mut dx);
-                        Some(dx)
+                    let flipped = if need_dx {
+                        flipped_conv(&g, cout, wd)
                     } else {
                         None
+                    };
+                    let (dw, dx) = if let Some((wf, gt)) = flipped {
+                        let mut dx = vec![0f32; b * g.xlen()];
+                        let dw = conv_backward_fused(&g, b, cout, xd, gd, (&wf, &gt), &mut dx);
+                        (dw, Some(dx))
+                    } else if need_dx {
+                        let mut dx = vec![0f32; b * g.xlen()];
+                        conv_input_grad(&g, b, cout, wd, gd, &mut dx);
+                        (conv_weight_grad(&g, b, cout, xd, gd), Some(dx))
+                    } else {
+                        (conv_weight_grad(&g, b, cout, xd, gd), None)
                     };
                     Ok((dx, dw, dbias))
                 })
