@@ -138,6 +138,9 @@ enum Cmd {
         /// Langevin step size relative to the stage's stiffness (smaller: more accurate, slower).
         #[arg(long, default_value_t = 0.2)]
         h_rel: f64,
+        /// Apply the Tweedie denoiser D(x, 0.05) after the last stage (`final_denoise`).
+        #[arg(long)]
+        final_denoise: bool,
     },
     /// Micro-benchmarks (JSON).
     Bench {
@@ -268,6 +271,7 @@ fn main() {
             dps_steps,
             steps_per_stage,
             h_rel,
+            final_denoise,
         } => tradeoff::run(&tradeoff::Opts {
             model: &model,
             data: &data,
@@ -276,6 +280,7 @@ fn main() {
             dps_steps,
             steps_per_stage,
             h_rel,
+            final_denoise,
         }),
         Cmd::Bench {
             what:

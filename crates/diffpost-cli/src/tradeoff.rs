@@ -27,6 +27,7 @@ pub struct Opts<'a> {
     pub dps_steps: usize,
     pub steps_per_stage: Vec<usize>,
     pub h_rel: f64,
+    pub final_denoise: bool,
 }
 
 pub fn run(o: &Opts) -> Result<()> {
@@ -94,6 +95,7 @@ pub fn run(o: &Opts) -> Result<()> {
                         steps_per_stage: m,
                         step: StepRule::Relative { h_rel: o.h_rel },
                         score_sigma: Some(0.05),
+                        final_denoise: o.final_denoise,
                         ..Default::default()
                     },
                 };
@@ -134,10 +136,11 @@ pub fn run(o: &Opts) -> Result<()> {
     std::fs::create_dir_all(o.out)?;
     let mut md = format!(
         "Random inpainting (70% missing), eta = 0.05, {k} test digits, one posterior sample each; DPS ({} steps) then Algorithm 2\n\
-         (5 stages, sigma = 0.1, score at sigma 0.05, h_rel = {}) for increasing steps per stage. Sliced W2 in pixels (200 directions)\n\
+         (5 stages, sigma = 0.1, score at sigma 0.05, h_rel = {}, final denoise: {}) for increasing steps per stage. Sliced W2 in pixels (200 directions)\n\
          to {} held-out digits; the ground truths themselves are at {floor:.4}.\n\n| steps/stage | annealing time | mean L2 to truth | sliced W2 to held-out |\n|---|---|---|---|\n",
         o.dps_steps,
         o.h_rel,
+        if o.final_denoise { "D(x, 0.05)" } else { "none" },
         n_all - k
     );
     for (m, t, l2, sw) in &rows {
