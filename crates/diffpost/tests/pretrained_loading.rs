@@ -133,3 +133,73 @@ fn vp_denoiser_on_a_loaded_network() {
         .unwrap_err();
     assert!(err.to_string().contains("guided-diffusion"), "{err}");
 }
+
+#[test]
+fn diffusers_repository_layouts_and_scheduler_configs() {
+    use diffpost::nn::pretrained::{diffusers_files, diffusers_scheduler, load_diffusers};
+    let src = fixtures().join("parity/diffusers_ddpm_flags");
+    let root = std::env::temp_dir().join(format!("diffpost-diffusers-repo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    // A hub-style repository: unet/ (config + safetensors) and scheduler/ (v-prediction, cosine).
+    std::fs::create_dir_all(root.join("unet")).unwrap();
+    std::fs::create_dir_all(root.join("scheduler")).unwrap();
+    std::fs::copy(src.join("config.json"), root.join("unet/config.json")).unwrap();
+    std::fs::copy(
+        src.join("weights.safetensors"),
+        root.join("unet/diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("scheduler/scheduler_config.json"),
+        r#"{"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction", "variance_type": "fixed_small"}"#,
+    )
+    .unwrap();
+    for p in [root.clone(), root.join("unet")] {
+        let f = diffusers_files(&p).unwrap();
+        assert_eq!(
+            f.weights,
+            root.join("unet/diffusion_pytorch_model.safetensors")
+        );
+        assert_eq!(
+            f.scheduler,
+            Some(root.join("scheduler/scheduler_config.json"))
+        );
+        let (schedule, pred) = diffusers_scheduler(&f).unwrap().to_vp().unwrap();
+        assert_eq!(pred, Prediction::VPrediction);
+        // The cosine schedule's first abar, in closed form.
+        let g = |u: f64| {
+            ((u + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2)
+                .cos()
+                .powi(2)
+        };
+        assert!((schedule.alphas_cumprod()[0] - g(0.001) / g(0.0)).abs() < 1e-12);
+    }
+    let (net, _) = load_diffusers(&root, None, None, &Device::Cpu).unwrap();
+    let io = candle_core::safetensors::load(src.join("io.safetensors"), &Device::Cpu).unwrap();
+    let err = max_rel(&net.forward(&io["x"], &io["t"]).unwrap(), &io["out"]);
+    assert!(err < 1e-4, "parity through the repository layout: {err}");
+    // An unsupported scheduler is named; a folder without weights is an error naming it.
+    std::fs::write(
+        root.join("scheduler/scheduler_config.json"),
+        r#"{"beta_schedule": "sigmoid"}"#,
+    )
+    .unwrap();
+    let f = diffusers_files(&root).unwrap();
+    let e = diffusers_scheduler(&f)
+        .unwrap()
+        .to_vp()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sigmoid"), "{e}");
+    std::fs::remove_file(root.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
+    let e = diffusers_files(&root).unwrap_err().to_string();
+    assert!(e.contains("diffusion_pytorch_model"), "{e}");
+    // Without a scheduler config: DDPM defaults (linear betas, epsilon).
+    std::fs::remove_dir_all(root.join("scheduler")).unwrap();
+    let f = diffusers_files(&src.join("weights.safetensors")).unwrap();
+    assert_eq!(f.scheduler, None);
+    let (s, pred) = diffusers_scheduler(&f).unwrap().to_vp().unwrap();
+    assert_eq!(pred, Prediction::Epsilon);
+    assert_eq!(s, VpSchedule::ddpm_linear_1000());
+    let _ = std::fs::remove_dir_all(&root);
+}
