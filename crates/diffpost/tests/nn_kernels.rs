@@ -216,20 +216,27 @@ fn upsample2_crop_matches_candle() {
     }
 }
 
-/// Non-square odd sizes (11x9 -> 6x5 -> 3x3 and back): candle's own path fails in backward
-/// here (a shape mismatch in candle 0.11's backprop); the fused path differentiates.
+/// Non-square odd sizes (11x9 -> 6x5 -> 3x3 and back): both paths differentiate (candle 0.11's
+/// `upsample_nearest2d` failed here in backward; the candle path now upsamples by a broadcast)
+/// and agree in value and input gradient.
 #[test]
-fn unet_fused_handles_non_square_odd_sizes() {
+fn unet_handles_non_square_odd_sizes_on_both_paths() {
     let (net, params) = init_unet(&small_cfg(), 5, &Device::Cpu).unwrap();
-    let x = Var::from_tensor(&rnd(&[2, 1, 11, 9], 8, 1.5, 0.0)).unwrap();
     let c_noise = Tensor::new(&[-0.8f32, 0.3], &Device::Cpu).unwrap();
-    let y = net.forward(x.as_tensor(), &c_noise).unwrap();
-    assert_eq!(y.dims(), [2, 1, 11, 9]);
-    let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-    assert!(g.get(&x).is_some());
-    for (name, v) in &params {
-        assert!(g.get(v).is_some(), "no gradient for {name}");
+    let mut outs = Vec::new();
+    for fused in [true, false] {
+        let net = net.clone().with_fused_kernels(fused);
+        let x = Var::from_tensor(&rnd(&[2, 1, 11, 9], 8, 1.5, 0.0)).unwrap();
+        let y = net.forward(x.as_tensor(), &c_noise).unwrap();
+        assert_eq!(y.dims(), [2, 1, 11, 9]);
+        let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, v) in &params {
+            assert!(g.get(v).is_some(), "fused {fused}: no gradient for {name}");
+        }
+        outs.push((y, g.get(&x).unwrap().clone()));
     }
+    assert_close("non-square forward", &outs[0].0, &outs[1].0, 1e-4);
+    assert_close("non-square input gradient", &outs[0].1, &outs[1].1, 1e-3);
 }
 
 #[test]

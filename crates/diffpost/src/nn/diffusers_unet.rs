@@ -1038,7 +1038,7 @@ impl UNet2DModel {
                 h = if f && kernels::supported(&h) {
                     kernels::upsample2_crop(&h, 2 * hh, 2 * hw)?
                 } else {
-                    h.upsample_nearest2d(2 * hh, 2 * hw)?
+                    super::layers::upsample2_nearest(&h)?
                 };
                 h = conv.forward(&h, f)?;
             }

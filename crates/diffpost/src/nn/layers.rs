@@ -31,8 +31,39 @@ impl Conv {
         if fused && kernels::supported(x) {
             kernels::conv2d(x, self.inner.weight(), self.bias()?, self.stride, self.pad)
         } else {
-            self.inner.forward(x)
+            self.candle_forward(x)
         }
+    }
+
+    /// candle's conv. For strided convs whose padded input does not end on a stride boundary,
+    /// the rows/columns no output reads are cut and the padding made explicit first: candle
+    /// 0.11's conv2d backward derives one `output_padding` from the height and applies it to
+    /// the width too, which fails (shape mismatch) when height and width differ in parity.
+    /// Same values; the backward of pad/narrow is exact.
+    fn candle_forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (s, p) = (self.stride, self.pad);
+        let (_, _, h, w) = x.dims4()?;
+        let (_, _, kh, kw) = self.inner.weight().dims4()?;
+        if s == 1 || h + 2 * p < kh || w + 2 * p < kw {
+            return self.inner.forward(x);
+        }
+        let (rh, rw) = ((h + 2 * p - kh) % s, (w + 2 * p - kw) % s);
+        if rh == 0 && rw == 0 {
+            return self.inner.forward(x);
+        }
+        // Explicit padding: `p` before; after, `p - r` (cutting the input when r > p).
+        let fit = |x: Tensor, dim: usize, n: usize, r: usize| -> Result<Tensor> {
+            let x = if r > p {
+                x.narrow(dim, 0, n - (r - p))?
+            } else {
+                x
+            };
+            x.pad_with_zeros(dim, p, p.saturating_sub(r))
+        };
+        let xp = fit(fit(x.clone(), 2, h, rh)?, 3, w, rw)?;
+        let y = xp.conv2d(self.inner.weight(), 0, s, 1, 1)?;
+        let c = self.inner.weight().dim(0)?;
+        y.broadcast_add(&self.bias()?.reshape((1, c, 1, 1))?)
     }
 
     /// Convolution plus a per-sample, per-channel term `add: [B, Cout]` (folded into the bias).
@@ -41,7 +72,7 @@ impl Conv {
             let bias = add.broadcast_add(&self.bias()?.unsqueeze(0)?)?;
             kernels::conv2d(x, self.inner.weight(), &bias, self.stride, self.pad)
         } else {
-            let h = self.inner.forward(x)?;
+            let h = self.candle_forward(x)?;
             let (b, c, _, _) = h.dims4()?;
             h.broadcast_add(&add.reshape((b, c, 1, 1))?)
         }
@@ -580,4 +611,16 @@ pub fn attention_block(t: &Tensor, wqkv: &Tensor, wproj: &Tensor, heads: usize) 
 /// Packs a linear layer's `weight: [R, C]` and `bias: [R]` as `[R, C + 1]` (differentiable).
 pub fn pack_linear(weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
     Tensor::cat(&[weight, &bias.unsqueeze(1)?], 1)
+}
+
+/// Nearest-neighbour x2 upsampling with candle's ops only (the path off the fused CPU kernels, e.g.
+/// on CUDA), as a broadcast rather than candle 0.11's `upsample_nearest2d`, whose backward
+/// overwrites instead of accumulating (wrong when the input is used twice) and fails on some
+/// non-square sizes.
+pub(crate) fn upsample2_nearest(x: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    x.reshape((b, c, h, 1, w, 1))?
+        .broadcast_as((b, c, h, 2, w, 2))?
+        .contiguous()?
+        .reshape((b, c, 2 * h, 2 * w))
 }

@@ -485,7 +485,7 @@ impl UNet {
                 if f && kernels::supported(&h) && th <= 2 * hh && tw <= 2 * hw {
                     h = kernels::upsample2_crop(&h, th, tw)?;
                 } else {
-                    h = h.upsample_nearest2d(2 * hh, 2 * hw)?;
+                    h = super::layers::upsample2_nearest(&h)?;
                     if 2 * hh != th || 2 * hw != tw {
                         h = h.narrow(2, 0, th)?.narrow(3, 0, tw)?;
                     }
