@@ -6,16 +6,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Device;
 use diffpost::nn::diffusers_unet::UNet2DConfig;
 use diffpost::nn::guided::GuidedUNetConfig;
-use diffpost::nn::pretrained::{diffusers_scheduler, load_diffusers, load_guided};
+use diffpost::nn::pretrained::{diffusers_scheduler, load_diffusers, load_guided, read_json};
 use diffpost::nn::vp::{BetaSchedule, Prediction, TimestepMode, VpDenoiser, VpSchedule};
 
 use crate::config::{resolve, PriorSection};
-
-fn read_json<T: for<'de> serde::Deserialize<'de>>(path: &Path, what: &str) -> Result<T> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read {what}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| anyhow!("{}: bad {what}: {e}", path.display()))
-}
 
 fn timestep_mode(pr: &PriorSection) -> Result<TimestepMode> {
     Ok(match pr.timestep.as_deref() {

@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Module, Tensor, Var, D};
 use candle_nn::{Linear, VarBuilder};
+use diffpost::nn::pretrained::read_json;
 use diffpost::nn::{
     edm_loss_weight, kernels, load_images_npy, precond_forward, TrainConfig, Trainer, UNet,
     UNetConfig,
@@ -24,191 +25,18 @@ use diffpost::rng::SampleStreams;
 type Res<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 // ---------------------------------------------------------------------------------------------
-// A minimal JSON reader for `config.json` (the crate has no JSON dependency).
+// The model folder's `config.json`, as `diffpost train` writes it.
 
-#[derive(Debug, Clone)]
-#[allow(dead_code)] // string values are parsed, none is needed
-enum Json {
-    Null,
-    Bool(bool),
-    Num(f64),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
-}
-
-struct Parser<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl Parser<'_> {
-    fn ws(&mut self) {
-        while self.i < self.s.len() && self.s[self.i].is_ascii_whitespace() {
-            self.i += 1;
-        }
-    }
-
-    fn eat(&mut self, c: u8) -> Res<()> {
-        self.ws();
-        if self.s.get(self.i) == Some(&c) {
-            self.i += 1;
-            Ok(())
-        } else {
-            Err(format!("config.json: expected '{}' at byte {}", c as char, self.i).into())
-        }
-    }
-
-    fn string(&mut self) -> Res<String> {
-        self.eat(b'"')?;
-        let start = self.i;
-        while self.i < self.s.len() && self.s[self.i] != b'"' {
-            self.i += if self.s[self.i] == b'\\' { 2 } else { 1 };
-        }
-        let out = String::from_utf8_lossy(&self.s[start..self.i]).into_owned();
-        self.eat(b'"')?;
-        Ok(out)
-    }
-
-    fn value(&mut self) -> Res<Json> {
-        self.ws();
-        match self.s.get(self.i) {
-            Some(b'{') => {
-                self.i += 1;
-                let mut kv = Vec::new();
-                self.ws();
-                if self.s.get(self.i) == Some(&b'}') {
-                    self.i += 1;
-                    return Ok(Json::Obj(kv));
-                }
-                loop {
-                    let k = self.string()?;
-                    self.eat(b':')?;
-                    kv.push((k, self.value()?));
-                    self.ws();
-                    match self.s.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b'}') => {
-                            self.i += 1;
-                            return Ok(Json::Obj(kv));
-                        }
-                        _ => return Err(format!("config.json: bad object at {}", self.i).into()),
-                    }
-                }
-            }
-            Some(b'[') => {
-                self.i += 1;
-                let mut v = Vec::new();
-                self.ws();
-                if self.s.get(self.i) == Some(&b']') {
-                    self.i += 1;
-                    return Ok(Json::Arr(v));
-                }
-                loop {
-                    v.push(self.value()?);
-                    self.ws();
-                    match self.s.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b']') => {
-                            self.i += 1;
-                            return Ok(Json::Arr(v));
-                        }
-                        _ => return Err(format!("config.json: bad array at {}", self.i).into()),
-                    }
-                }
-            }
-            Some(b'"') => Ok(Json::Str(self.string()?)),
-            Some(b't') if self.s[self.i..].starts_with(b"true") => {
-                self.i += 4;
-                Ok(Json::Bool(true))
-            }
-            Some(b'f') if self.s[self.i..].starts_with(b"false") => {
-                self.i += 5;
-                Ok(Json::Bool(false))
-            }
-            Some(b'n') if self.s[self.i..].starts_with(b"null") => {
-                self.i += 4;
-                Ok(Json::Null)
-            }
-            _ => {
-                let start = self.i;
-                while self.i < self.s.len() && b"+-.eE0123456789".contains(&self.s[self.i]) {
-                    self.i += 1;
-                }
-                let t = std::str::from_utf8(&self.s[start..self.i])?;
-                Ok(Json::Num(t.parse().map_err(|_| {
-                    format!("config.json: bad value at byte {start}")
-                })?))
-            }
-        }
-    }
-}
-
-impl Json {
-    fn get(&self, key: &str) -> Option<&Json> {
-        match self {
-            Json::Obj(kv) => kv.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-    fn num(&self, key: &str) -> Option<f64> {
-        match self.get(key) {
-            Some(Json::Num(x)) => Some(*x),
-            _ => None,
-        }
-    }
-    fn usizes(&self, key: &str) -> Option<Vec<usize>> {
-        match self.get(key) {
-            Some(Json::Arr(v)) => v
-                .iter()
-                .map(|x| match x {
-                    Json::Num(n) => Some(*n as usize),
-                    _ => None,
-                })
-                .collect(),
-            _ => None,
-        }
-    }
+#[derive(serde::Deserialize)]
+struct ModelFile {
+    model: UNetConfig,
+    #[serde(default)]
+    train: TrainConfig,
 }
 
 fn read_config(dir: &Path) -> Res<(UNetConfig, TrainConfig)> {
-    let text = std::fs::read(dir.join("config.json"))?;
-    let root = Parser { s: &text, i: 0 }.value()?;
-    let mut u = UNetConfig::default();
-    let m = root.get("model").ok_or("config.json has no `model`")?;
-    let us = |k: &str, d: usize| m.num(k).map(|x| x as usize).unwrap_or(d);
-    u.in_channels = us("in_channels", u.in_channels);
-    if let Some(v) = m.usizes("image_size") {
-        u.image_size = [v[0], v[1]];
-    }
-    u.base_channels = us("base_channels", u.base_channels);
-    u.channel_mults = m.usizes("channel_mults").unwrap_or(u.channel_mults);
-    u.num_res_blocks = us("num_res_blocks", u.num_res_blocks);
-    u.attn_resolutions = m.usizes("attn_resolutions").unwrap_or(u.attn_resolutions);
-    if let Some(Json::Bool(b)) = m.get("mid_attention") {
-        u.mid_attention = *b;
-    }
-    u.num_heads = us("num_heads", u.num_heads);
-    u.groups = us("groups", u.groups);
-    u.emb_dim = us("emb_dim", u.emb_dim);
-    u.fourier_features = us("fourier_features", u.fourier_features);
-    u.sigma_data = m.num("sigma_data").unwrap_or(u.sigma_data);
-    let mut t = TrainConfig::default();
-    if let Some(tr) = root.get("train") {
-        let f = |k: &str, d: f64| tr.num(k).unwrap_or(d);
-        t.steps = f("steps", t.steps as f64) as u64;
-        t.batch_size = f("batch_size", t.batch_size as f64) as usize;
-        t.lr = f("lr", t.lr);
-        t.beta1 = f("beta1", t.beta1);
-        t.beta2 = f("beta2", t.beta2);
-        t.eps = f("eps", t.eps);
-        t.warmup_steps = f("warmup_steps", t.warmup_steps as f64) as u64;
-        t.ema_decay = f("ema_decay", t.ema_decay);
-        t.seed = f("seed", t.seed as f64) as u64;
-        t.p_mean = f("p_mean", t.p_mean);
-        t.p_std = f("p_std", t.p_std);
-    }
-    Ok((u, t))
+    let f: ModelFile = read_json(&dir.join("config.json"), "model config")?;
+    Ok((f.model, f.train))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,24 +2,22 @@
 //! fixtures written by `tools/parity_diffusers.py` (diffusers 0.42.1, torch 2.15.0, f32 CPU) hold
 //! the model's own `config.json`, its random weights and `(x, t, out)`; no Python needed here.
 
+mod parity_common;
+
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use diffpost::nn::diffusers_unet::{rename_deprecated_attention, UNet2DConfig, UNet2DModel};
 use diffpost::Error;
+use parity_common::{fixture_dir, load_io, rel_err};
 
 const FIXTURES: [&str; 3] = ["ddpm_flags", "flip_heads", "fourier_scaleshift"];
 
-fn fixture_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/parity")
-        .join(format!("diffusers_{name}"))
-}
-
 fn load_config(name: &str) -> UNet2DConfig {
-    let text = std::fs::read_to_string(fixture_dir(name).join("config.json")).unwrap();
+    let text =
+        std::fs::read_to_string(fixture_dir(&format!("diffusers_{name}")).join("config.json"))
+            .unwrap();
     let cfg: UNet2DConfig = serde_json::from_str(&text).unwrap();
     cfg.validate().unwrap();
     cfg
@@ -27,44 +25,18 @@ fn load_config(name: &str) -> UNet2DConfig {
 
 fn load_model(name: &str) -> UNet2DModel {
     let cfg = load_config(name);
-    let weights =
-        candle_core::safetensors::load(fixture_dir(name).join("weights.safetensors"), &Device::Cpu)
-            .unwrap();
+    let weights = candle_core::safetensors::load(
+        fixture_dir(&format!("diffusers_{name}")).join("weights.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
     UNet2DModel::new(&cfg, vb).unwrap()
 }
 
-fn load_io(name: &str) -> (Tensor, Tensor, Tensor) {
-    let mut io =
-        candle_core::safetensors::load(fixture_dir(name).join("io.safetensors"), &Device::Cpu)
-            .unwrap();
-    (
-        io.remove("x").unwrap(),
-        io.remove("t").unwrap(),
-        io.remove("out").unwrap(),
-    )
-}
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-/// `max|a - b| / max|b|`.
-fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    max_abs(&(a - b).unwrap()) / max_abs(b)
-}
-
 fn check_parity(name: &str, fused: bool) -> f32 {
     let model = load_model(name).with_fused_kernels(fused);
-    let (x, t, want) = load_io(name);
+    let (x, t, want) = load_io(&format!("diffusers_{name}"));
     let got = model.forward(&x, &t).unwrap();
     let err = rel_err(&got, &want);
     println!("diffusers parity {name} (fused {fused}): max|ours - ref| / max|ref| = {err:.3e}");
@@ -97,7 +69,7 @@ fn parity_fourier_scaleshift() {
 fn parity_fused_matches_candle_ops() {
     for name in FIXTURES {
         let model = load_model(name);
-        let (x, t, _) = load_io(name);
+        let (x, t, _) = load_io(&format!("diffusers_{name}"));
         let fused = model
             .clone()
             .with_fused_kernels(true)
@@ -141,9 +113,11 @@ fn parity_config_json_fields() {
 fn parity_deprecated_attention_names() {
     let name = "flip_heads";
     let cfg = load_config(name);
-    let weights =
-        candle_core::safetensors::load(fixture_dir(name).join("weights.safetensors"), &Device::Cpu)
-            .unwrap();
+    let weights = candle_core::safetensors::load(
+        fixture_dir(&format!("diffusers_{name}")).join("weights.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     let old: HashMap<String, Tensor> = weights
         .into_iter()
         .map(|(k, v)| {
@@ -171,7 +145,7 @@ fn parity_deprecated_attention_names() {
     assert!(renamed.contains_key("mid_block.attentions.0.group_norm.weight"));
     let vb = VarBuilder::from_tensors(renamed, DType::F32, &Device::Cpu);
     let model = UNet2DModel::new(&cfg, vb).unwrap();
-    let (x, t, want) = load_io(name);
+    let (x, t, want) = load_io(&format!("diffusers_{name}"));
     let err = rel_err(&model.forward(&x, &t).unwrap(), &want);
     assert!(err <= 1e-4, "renamed weights: {err:e}");
 }
@@ -225,7 +199,7 @@ fn parity_deprecated_rename_scope() {
 #[test]
 fn parity_fixtures_are_sensitive() {
     let name = "ddpm_flags";
-    let (x, t, want) = load_io(name);
+    let (x, t, want) = load_io(&format!("diffusers_{name}"));
     type Perturb = (&'static str, fn(&mut UNet2DConfig));
     let perturbations: [Perturb; 3] = [
         ("flip_sin_to_cos", |c| {
@@ -238,7 +212,7 @@ fn parity_fixtures_are_sensitive() {
         let mut cfg = load_config(name);
         f(&mut cfg);
         let weights = candle_core::safetensors::load(
-            fixture_dir(name).join("weights.safetensors"),
+            fixture_dir(&format!("diffusers_{name}")).join("weights.safetensors"),
             &Device::Cpu,
         )
         .unwrap();

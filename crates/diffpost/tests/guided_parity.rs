@@ -4,77 +4,31 @@
 //! (float16 values, every parameter non-trivial) under guided-diffusion's state-dict names, and
 //! `(x, t, out)`; no Python needed here.
 
-use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+mod parity_common;
 
-use candle_core::{DType, Device, Shape, Tensor, Var};
-use candle_nn::var_builder::SimpleBackend;
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 use diffpost::nn::guided::{GuidedUNet, GuidedUNetConfig, GUIDED_PRESETS};
+use diffpost::nn::pretrained::load_guided;
 use diffpost::Error;
+use parity_common::{fixture_dir, load_io, max_abs, rel_err};
 
 const FIXTURES: [&str; 3] = ["plain", "dps", "neworder"];
 
-fn fixture_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/parity")
-        .join(format!("guided_{name}"))
-}
-
 fn load_config(name: &str) -> GuidedUNetConfig {
-    let text = std::fs::read_to_string(fixture_dir(name).join("config.json")).unwrap();
+    let text = std::fs::read_to_string(fixture_dir(&format!("guided_{name}")).join("config.json"))
+        .unwrap();
     let cfg: GuidedUNetConfig = serde_json::from_str(&text).unwrap();
     cfg.validate().unwrap();
     cfg
 }
 
-/// The fixture's tensors, recording which names the model reads (a checkpoint must load with
-/// nothing left over and nothing renamed).
-struct Recording {
-    tensors: HashMap<String, Tensor>,
-    used: Arc<Mutex<BTreeSet<String>>>,
-}
-
-impl SimpleBackend for Recording {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        h: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        self.used.lock().unwrap().insert(name.to_string());
-        SimpleBackend::get(&self.tensors, s, name, h, dtype, dev)
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.used.lock().unwrap().insert(name.to_string());
-        SimpleBackend::get_unchecked(&self.tensors, name, dtype, dev)
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
-    }
-}
-
+/// Loads through the checked loader, which fails on any missing, unexpected (never read) or
+/// mis-shaped tensor: a checkpoint must load with nothing left over and nothing renamed.
 fn load_model(name: &str) -> GuidedUNet {
     let cfg = load_config(name);
-    let weights =
-        candle_core::safetensors::load(fixture_dir(name).join("weights.safetensors"), &Device::Cpu)
-            .unwrap();
-    let all: BTreeSet<String> = weights.keys().cloned().collect();
-    let used = Arc::new(Mutex::new(BTreeSet::new()));
-    let backend = Recording {
-        tensors: weights,
-        used: used.clone(),
-    };
-    let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, Device::Cpu);
-    let model = GuidedUNet::new(&cfg, vb).unwrap();
-    let used = used.lock().unwrap().clone();
-    let unused: Vec<_> = all.difference(&used).collect();
-    assert!(unused.is_empty(), "{name}: tensors never read: {unused:?}");
+    let weights = fixture_dir(&format!("guided_{name}")).join("weights.safetensors");
+    let model = load_guided(&weights, &cfg, None, &Device::Cpu).unwrap();
     assert_eq!(model.config(), &cfg);
     model
 }
@@ -82,45 +36,19 @@ fn load_model(name: &str) -> GuidedUNet {
 /// The same model through the plain `VarBuilder::from_tensors` path.
 fn load_model_plain(name: &str) -> GuidedUNet {
     let cfg = load_config(name);
-    let weights =
-        candle_core::safetensors::load(fixture_dir(name).join("weights.safetensors"), &Device::Cpu)
-            .unwrap();
+    let weights = candle_core::safetensors::load(
+        fixture_dir(&format!("guided_{name}")).join("weights.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
     GuidedUNet::new(&cfg, vb).unwrap()
-}
-
-fn load_io(name: &str) -> (Tensor, Tensor, Tensor) {
-    let mut io =
-        candle_core::safetensors::load(fixture_dir(name).join("io.safetensors"), &Device::Cpu)
-            .unwrap();
-    (
-        io.remove("x").unwrap(),
-        io.remove("t").unwrap(),
-        io.remove("out").unwrap(),
-    )
-}
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-/// `max|a - b| / max(max|b|, 1e-12)`.
-fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    max_abs(&(a - b).unwrap()) / max_abs(b).max(1e-12)
 }
 
 fn check_parity(name: &str) {
     let model = load_model(name);
     assert!(model.fused_kernels());
-    let (x, t, want) = load_io(name);
+    let (x, t, want) = load_io(&format!("guided_{name}"));
     assert_eq!(want.dim(1).unwrap(), model.config().out_channels());
     let got = model.forward(&x, &t).unwrap();
     let err = rel_err(&got, &want);
@@ -150,7 +78,7 @@ fn guided_parity_new_attention_order() {
 fn guided_parity_fused_kernels_match_candle_ops() {
     for name in FIXTURES {
         let model = load_model_plain(name);
-        let (x, t, want) = load_io(name);
+        let (x, t, want) = load_io(&format!("guided_{name}"));
         let fused = model.forward(&x, &t).unwrap();
         let plain = model.clone().with_fused_kernels(false);
         let unfused = plain.forward(&x, &t).unwrap();
@@ -182,7 +110,7 @@ fn wiggle(like: &Tensor, k: f64) -> Tensor {
 fn guided_parity_gradients_fused_match_candle_ops() {
     for name in ["plain", "neworder", "dps"] {
         let model = load_model_plain(name);
-        let (x, t, want) = load_io(name);
+        let (x, t, want) = load_io(&format!("guided_{name}"));
         let r = wiggle(&want, 0.731);
         let loss = |m: &GuidedUNet, x: &Tensor| {
             m.forward(x, &t)

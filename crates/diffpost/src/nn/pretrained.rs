@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::checkpoint::{build_checked, load_state_dict};
 use super::diffusers_unet::{UNet2DConfig, UNet2DModel};
 use super::guided::{GuidedUNet, GuidedUNetConfig};
-use super::vp::{BetaSchedule, Prediction, TimestepNetwork, VpDenoiser, VpSchedule};
+use super::vp::{BetaSchedule, Prediction, TimestepNetwork, VpSchedule};
 use crate::{Error, Result};
 
 impl TimestepNetwork for GuidedUNet {
@@ -42,7 +42,8 @@ impl TimestepNetwork for UNet2DModel {
     }
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T> {
+/// Reads a JSON file into `T`; errors name the file and what it was expected to hold.
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T> {
     let ferr = |reason: String| Error::File {
         path: path.to_path_buf(),
         reason,
@@ -262,15 +263,4 @@ pub fn diffusers_scheduler(files: &DiffusersFiles) -> Result<DiffusersScheduler>
         Some(p) => read_json(p, "scheduler config"),
         None => Ok(DiffusersScheduler::default()),
     }
-}
-
-/// Wraps a network as a VP denoiser whose network runs on `device` (inputs and outputs are moved:
-/// sampler state stays on the CPU in f64).
-pub fn vp_denoiser(
-    net: Box<dyn TimestepNetwork>,
-    schedule: VpSchedule,
-    prediction: Prediction,
-    device: &Device,
-) -> VpDenoiser {
-    VpDenoiser::new(net, schedule, prediction, device.clone())
 }
