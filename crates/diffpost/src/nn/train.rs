@@ -285,7 +285,9 @@ impl Trainer {
         let mut gs = Vec::with_capacity(self.params.len());
         for (name, var) in &self.params {
             match grads.get(var) {
-                Some(g) => gs.push(g.detach()),
+                // Contiguous for the fused update (a gradient may be a broadcast or narrowed
+                // view of another tensor's gradient; no copy when it is not).
+                Some(g) => gs.push(g.detach().contiguous()?),
                 // A parameter the loss does not reach (cannot happen for this UNet).
                 None => {
                     return Err(Error::Numerical(format!(
