@@ -7,7 +7,8 @@
 //! (the network re-run op by op on the public kernels) and of the training step (forward + loss,
 //! backward, Adam + EMA). Threads: rayon's (`RAYON_NUM_THREADS`).
 //!
-//! `cargo run --release -p diffpost --example bench_unet -- models/mnist [--repeats 25] [--profile]`
+//! `cargo run --release -p diffpost --example bench_unet -- models/mnist [--repeats 25] [--profile]
+//! [--train-only]` (`--train-only`: skips the forward timings, e.g. under `perf record`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -54,6 +55,9 @@ fn median_ms(repeats: usize, warmup: usize, mut f: impl FnMut() -> Res<()>) -> R
     }
     ts.sort_by(f64::total_cmp);
     let n = ts.len();
+    if n == 0 {
+        return Ok((f64::NAN, f64::NAN));
+    }
     let med = if n % 2 == 1 {
         ts[n / 2]
     } else {
@@ -278,6 +282,7 @@ fn main() -> Res<()> {
     let mut repeats = 25usize;
     let mut warmup = 5usize;
     let mut profile = false;
+    let mut train_only = false;
     let mut data_path = PathBuf::from("data/mnist_test256.npy");
     let mut parity_path = PathBuf::from("/tmp/unet_parity.safetensors");
     let mut it = args.iter();
@@ -286,6 +291,10 @@ fn main() -> Res<()> {
             "--repeats" => repeats = it.next().ok_or("--repeats N")?.parse()?,
             "--warmup" => warmup = it.next().ok_or("--warmup N")?.parse()?,
             "--profile" => profile = true,
+            "--train-only" => train_only = true,
+            "--lhs-pack" => gemm::set_lhs_packing_threshold_single_thread(
+                it.next().ok_or("--lhs-pack N")?.parse()?,
+            ),
             "--default-malloc" => {}
             "--data" => data_path = it.next().ok_or("--data FILE")?.into(),
             "--parity" => parity_path = it.next().ok_or("--parity FILE")?.into(),
@@ -332,11 +341,14 @@ fn main() -> Res<()> {
     candle_core::safetensors::save(&parity, &parity_path)?;
     eprintln!("wrote {}", parity_path.display());
 
-    let (fwd, fwd_min) = median_ms(repeats, warmup, || {
+    // `--train-only` (for `perf record`): the training step alone.
+    let fwd_repeats = if train_only { 0 } else { repeats };
+    let fwd_warmup = if train_only { 0 } else { warmup };
+    let (fwd, fwd_min) = median_ms(fwd_repeats, fwd_warmup, || {
         unet.forward(&x, &c_noise)?;
         Ok(())
     })?;
-    let (dn, dn_min) = median_ms(repeats, warmup, || {
+    let (dn, dn_min) = median_ms(fwd_repeats, fwd_warmup, || {
         precond_forward(&unet, &x, &sigmas, sd)?;
         Ok(())
     })?;
@@ -365,10 +377,19 @@ fn main() -> Res<()> {
         Ok(())
     })?;
 
+    // JSON has no NaN: timings not taken (`--train-only`) are null.
+    let ms = |v: f64| {
+        if v.is_finite() {
+            format!("{v:.3}")
+        } else {
+            "null".into()
+        }
+    };
+    let (fwd, fwd_min, dn, dn_min) = (ms(fwd), ms(fwd_min), ms(dn), ms(dn_min));
     println!(
         "{{\"impl\": \"candle\", \"threads\": {}, \"params\": {}, \"repeats\": {repeats}, \
-         \"forward_b16_ms\": {fwd:.3}, \"forward_b16_min_ms\": {fwd_min:.3}, \
-         \"denoise_b16_ms\": {dn:.3}, \"denoise_b16_min_ms\": {dn_min:.3}, \
+         \"forward_b16_ms\": {fwd}, \"forward_b16_min_ms\": {fwd_min}, \
+         \"denoise_b16_ms\": {dn}, \"denoise_b16_min_ms\": {dn_min}, \
          \"train_step_b{}_ms\": {ts:.3}, \"train_step_min_ms\": {ts_min:.3}}}",
         rayon::current_num_threads(),
         tr.num_params(),

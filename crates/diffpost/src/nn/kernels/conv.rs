@@ -25,6 +25,16 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
+mod winograd;
+
+/// Whether 3x3 stride-1 convolutions take the Winograd path ([`winograd`]; the default). The
+/// environment variable `DIFFPOST_CONV=im2col`, read once, selects im2col + GEMM for every
+/// convolution (for comparisons).
+fn winograd_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DIFFPOST_CONV").map_or(true, |v| v != "im2col"))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Geometry, im2col / col2im over pixel ranges
 
@@ -546,6 +556,9 @@ fn conv_forward(
     assert_eq!(x.len(), b * xlen);
     assert_eq!(w.len(), cout * k);
     assert_eq!(out.len(), b * cout * pout);
+    if winograd_enabled() && winograd::applies(g, cout) {
+        return winograd::conv3x3(g, b, cout, x, w, bias, out);
+    }
     let tiles = plan_tiles(b, pout, k, threads(), batch_tiles(g));
     let optr = SendPtr(out.as_mut_ptr());
     tiles.par_iter().for_each(|t| {
@@ -907,7 +920,13 @@ impl CustomOp3 for Conv2dOp {
                     } else {
                         None
                     };
-                    let (dw, dx) = if let Some((wf, gt)) = flipped {
+                    let winograd_dx = winograd_enabled() && winograd::applies(&g, cout);
+                    let (dw, dx) = if let (Some((wf, gt)), true) = (&flipped, winograd_dx) {
+                        // dX = conv3x3(dY, W') by Winograd; dW from the im2col of x.
+                        let mut dx = vec![0f32; b * g.xlen()];
+                        winograd::conv3x3(gt, b, g.cin, gd, wf, Bias::None, &mut dx);
+                        (conv_weight_grad(&g, b, cout, xd, gd), Some(dx))
+                    } else if let Some((wf, gt)) = flipped {
                         let mut dx = vec![0f32; b * g.xlen()];
                         let dw = conv_backward_fused(&g, b, cout, xd, gd, (&wf, &gt), &mut dx);
                         (dw, Some(dx))
