@@ -604,10 +604,10 @@ unsafe fn weight_grad_gemm(
 
 /// Splits `tiles` into at most `nt` contiguous groups (one partial sum each), runs `f(group,
 /// partial)` on them in parallel and returns the partials summed in a fixed order.
-fn grouped_partials(
-    tiles: &[Tile],
+fn grouped_partials<T: Sync>(
+    tiles: &[T],
     len: usize,
-    f: impl Fn(&[Tile], &mut [f32]) + Sync,
+    f: impl Fn(&[T], &mut [f32]) + Sync,
 ) -> Vec<f32> {
     let ng = threads().min(tiles.len()).max(1);
     let mut parts: Vec<Vec<f32>> = (0..ng)
@@ -925,7 +925,7 @@ impl CustomOp3 for Conv2dOp {
                         // dX = conv3x3(dY, W') by Winograd; dW from the im2col of x.
                         let mut dx = vec![0f32; b * g.xlen()];
                         winograd::conv3x3(gt, b, g.cin, gd, wf, Bias::None, &mut dx);
-                        (conv_weight_grad(&g, b, cout, xd, gd), Some(dx))
+                        (winograd::weight_grad3x3(&g, b, cout, xd, gd), Some(dx))
                     } else if let Some((wf, gt)) = flipped {
                         let mut dx = vec![0f32; b * g.xlen()];
                         let dw = conv_backward_fused(&g, b, cout, xd, gd, (&wf, &gt), &mut dx);
@@ -935,7 +935,12 @@ impl CustomOp3 for Conv2dOp {
                         conv_input_grad(&g, b, cout, wd, gd, &mut dx);
                         (conv_weight_grad(&g, b, cout, xd, gd), Some(dx))
                     } else {
-                        (conv_weight_grad(&g, b, cout, xd, gd), None)
+                        let dw = if winograd_enabled() && winograd::applies(&g, cout) {
+                            winograd::weight_grad3x3(&g, b, cout, xd, gd)
+                        } else {
+                            conv_weight_grad(&g, b, cout, xd, gd)
+                        };
+                        (dw, None)
                     };
                     Ok((dx, dw, dbias))
                 })

@@ -22,9 +22,14 @@ pub(super) fn applies(g: &ConvGeom, cout: usize) -> bool {
     g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pad == 1 && g.cin >= 8 && cout >= 8
 }
 
-/// Scratch budget of one chunk of tiles: transformed input and products, `16 (Cin + Cout)`
-/// floats per tile.
+/// Scratch budget of one chunk of tiles: transformed input and products (`16 (Cin + Cout)`
+/// floats per tile) and the transforms' work space (`14 max(Cin, Cout)`).
 const CHUNK_BYTES: usize = 2 << 20;
+
+/// Tiles per chunk for the budget.
+fn chunk_cap(cin: usize, cout: usize, tw: usize) -> usize {
+    (CHUNK_BYTES / (4 * (16 * (cin + cout) + 14 * cin.max(cout)))).max(tw)
+}
 
 /// `U[xi][co][ci] = (G w[co, ci] G^T)[xi]`, `xi = 4 row + col`.
 fn transform_filters(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
@@ -104,128 +109,237 @@ fn plan_chunks(b: usize, th: usize, tw: usize, cap: usize, nt: usize) -> Vec<Chu
     }
 }
 
-/// Scratch floats of [`input_plane_transform`] for `nty` tile rows of `tw` tiles.
-fn input_scratch(nty: usize, tw: usize) -> usize {
-    12 * (nty + 1) * tw
+/// The columns of a chunk's GEMMs: for each channel `c` (rows of the 16 matrices), its samples
+/// `j` one after the other, each as `nty + 1` tile rows of `tw` tiles (`c`, `j`, `t`, `x` ->
+/// `(c nb + j) L + t tw + x`, `L = (nty + 1) tw`). The last tile row of each sample is padding:
+/// it lets every transform run as one flat loop over all channels and samples (the vertical
+/// steps read one row ahead), and its columns are zero in `V` and ignored in `M`.
+#[derive(Debug, Clone, Copy)]
+struct Cols {
+    nb: usize,
+    nty: usize,
+    tw: usize,
 }
 
-simd_fn! {
-    /// `B^T d B` of every tile of tile rows `[ty0, ty0 + nty)` of one channel plane `xc` (`h x
-    /// w`), into the 16 rows of `v` (`nty tw` tiles each, at stride `vs`, from offset `v0`).
-    /// Separable: the horizontal transform first, over the even and the odd input rows apart
-    /// (each as one flat run of columns deinterleaved into even and odd), then the vertical one
-    /// as flat runs over the tiles. Every loop is long and contiguous (or a full 2-way
-    /// deinterleave), which LLVM vectorises; images of any width (an odd one gets a zero column).
-    fn input_plane_transform(xc: &[f32], h: usize, w: usize, ty0: usize, nty: usize, tw: usize,
-        s: &mut [f32], v: &mut [f32], vs: usize, v0: usize) {
-        let (nr, rw) = (nty + 1, 2 * tw);
-        let len = nr * tw;
-        let (r, s) = s.split_at_mut(nr * rw);
-        let (ev, s) = s.split_at_mut(len);
-        let (od, s) = s.split_at_mut(len);
-        let hs = &mut s[..8 * len];
-        // p = 0: even rows 2 (ty0 + t); p = 1: odd rows 2 (ty0 + t) - 1; t in 0..=nty.
-        for p in 0..2 {
-            for (t, dst) in r.chunks_exact_mut(rw).enumerate() {
-                let y = 2 * (ty0 + t) as isize - p as isize;
-                if y >= 0 && (y as usize) < h {
-                    dst[..w].copy_from_slice(&xc[y as usize * w..][..w]);
-                    dst[w..].fill(0.0);
-                } else {
-                    dst.fill(0.0);
-                }
-            }
-            // od[q] = column 2x, ev[q] = column 2x + 1 of row t (q = t tw + x).
-            for q in 0..len {
-                od[q] = r[2 * q];
-                ev[q] = r[2 * q + 1];
-            }
-            // Patch columns 2x - 1, 2x, 2x + 1, 2x + 2 = (ev[q - 1], od[q], ev[q], od[q + 1]),
-            // zero past the row ends.
-            let (h0, rest) = hs[4 * p * len..].split_at_mut(len);
-            let (h1, rest) = rest.split_at_mut(len);
-            let (h2, h3) = rest.split_at_mut(len);
-            let h3 = &mut h3[..len];
-            for q in 0..len {
-                h1[q] = od[q] + ev[q];
-                h2[q] = ev[q] - od[q];
-            }
-            h0[0] = -ev[0];
-            for q in 1..len {
-                h0[q] = ev[q - 1] - ev[q];
-            }
-            for q in 0..len - 1 {
-                h3[q] = od[q] - od[q + 1];
-            }
-            h3[len - 1] = od[len - 1];
-            for t in 0..nr {
-                h0[t * tw] = -ev[t * tw];
-                h3[t * tw + tw - 1] = od[t * tw + tw - 1];
-            }
+impl Cols {
+    fn new(ch: &Chunk, tw: usize) -> Self {
+        Self {
+            nb: ch.nb,
+            nty: ch.ty1 - ch.ty0,
+            tw,
         }
-        // Rows 2ty - 1, 2ty, 2ty + 1, 2ty + 2 = (ho[q], he[q], ho[q + tw], he[q + tw]).
-        let n = nty * tw;
-        for c in 0..4 {
-            let he = &hs[c * len..][..len];
-            let ho = &hs[(4 + c) * len..][..len];
-            let (va, rest) = v[v0 + c * vs..].split_at_mut(4 * vs);
-            let (vb, rest) = rest.split_at_mut(4 * vs);
-            let (vc, vd) = rest.split_at_mut(4 * vs);
-            let (va, vb, vc, vd) = (&mut va[..n], &mut vb[..n], &mut vc[..n], &mut vd[..n]);
-            for q in 0..n {
-                let (d0, d1, d2, d3) = (ho[q], he[q], ho[q + tw], he[q + tw]);
-                va[q] = d0 - d2;
-                vb[q] = d1 + d2;
-                vc[q] = d2 - d1;
-                vd[q] = d1 - d3;
+    }
+    /// Columns per sample block.
+    fn l(&self) -> usize {
+        (self.nty + 1) * self.tw
+    }
+    /// GEMM columns (row stride of the 16 matrices).
+    fn n(&self) -> usize {
+        self.nb * self.l()
+    }
+}
+
+/// Fills `r` (blocks of `nr` rows of `rw >= w` columns, block `c nb + j` from channel `c` of
+/// sample `b0 + j` of `x`) with image rows `2 (ty0 + t) - p` (`t` in `0..nr`), zero outside the
+/// image and past column `w`.
+#[allow(clippy::too_many_arguments)]
+fn gather_rows(
+    x: &[f32],
+    (nc, h, w): (usize, usize, usize),
+    (b0, nb): (usize, usize),
+    (ty0, nr, p): (usize, usize, usize),
+    rw: usize,
+    r: &mut [f32],
+) {
+    let plane = h * w;
+    for (blk, rows) in r.chunks_exact_mut(nr * rw).enumerate().take(nc * nb) {
+        let (c, j) = (blk / nb, blk % nb);
+        let xc = &x[((b0 + j) * nc + c) * plane..][..plane];
+        for (t, dst) in rows.chunks_exact_mut(rw).enumerate() {
+            let y = (2 * (ty0 + t)) as isize - p as isize;
+            if y >= 0 && (y as usize) < h {
+                dst[..w].copy_from_slice(&xc[y as usize * w..][..w]);
+                dst[w..].fill(0.0);
+            } else {
+                dst.fill(0.0);
             }
         }
     }
 }
 
-/// Scratch floats of [`output_plane_transform`] for `nty` tile rows of `tw` tiles.
-fn output_scratch(nty: usize, tw: usize) -> usize {
-    12 * nty * tw
+simd_fn! {
+    /// Splits `r` into its even (`od`: columns `2x`) and odd (`ev`: columns `2x + 1`) entries.
+    fn deinterleave(r: &[f32], od: &mut [f32], ev: &mut [f32]) {
+        let n = od.len().min(ev.len()).min(r.len() / 2);
+        let r = &r[..2 * n];
+        for q in 0..n {
+            od[q] = r[2 * q];
+            ev[q] = r[2 * q + 1];
+        }
+    }
 }
 
 simd_fn! {
-    /// `A^T m A + bias` of `nty` tile rows of one output channel: `m` the 16 product rows
-    /// (`nty tw` tiles at stride `ms`, from offset `m0`), into `y`, the `h` (at most `2 nty`)
-    /// output rows of `w` columns these tiles cover. Flat runs as in [`input_plane_transform`].
-    fn output_plane_transform(m: &[f32], ms: usize, m0: usize, nty: usize,
-        tw: usize, bias: f32, s: &mut [f32], y: &mut [f32], h: usize, w: usize) {
-        let n = nty * tw;
-        let (sv, rest) = s.split_at_mut(8 * n);
-        let (ye, rest) = rest.split_at_mut(n);
-        let (yo, rest) = rest.split_at_mut(n);
-        let t2 = &mut rest[..2 * n];
-        // sv[2c] = (A^T m)[0][c], sv[2c + 1] = (A^T m)[1][c] (output rows 2ty and 2ty + 1).
+    /// Horizontal `B^T` step over rows of `tw` tiles: patch columns `2x - 1, 2x, 2x + 1, 2x + 2`
+    /// of tile `x` are `(ev[q - 1], od[q], ev[q], od[q + 1])`, zero past the row ends.
+    fn input_horizontal(od: &[f32], ev: &[f32], tw: usize, h: &mut [f32]) {
+        let len = od.len();
+        let (h0, rest) = h.split_at_mut(len);
+        let (h1, rest) = rest.split_at_mut(len);
+        let (h2, h3) = rest.split_at_mut(len);
+        let (ev, h3) = (&ev[..len], &mut h3[..len]);
+        for q in 0..len {
+            h1[q] = od[q] + ev[q];
+            h2[q] = ev[q] - od[q];
+        }
+        h0[0] = -ev[0];
+        for q in 1..len {
+            h0[q] = ev[q - 1] - ev[q];
+        }
+        for q in 0..len - 1 {
+            h3[q] = od[q] - od[q + 1];
+        }
+        h3[len - 1] = od[len - 1];
+        for q in (0..len).step_by(tw) {
+            h0[q] = -ev[q];
+            h3[q + tw - 1] = od[q + tw - 1];
+        }
+    }
+}
+
+simd_fn! {
+    /// Vertical `B^T` step: rows `2ty - 1, 2ty, 2ty + 1, 2ty + 2` of tile `q` are `(ho[q], he[q],
+    /// ho[q + tw], he[q + tw])`; writes column `c` of the 4x4 result to `v` rows `c, 4 + c, 8 + c,
+    /// 12 + c` (stride `vs`), for all `len - tw` tiles that have a row below.
+    fn input_vertical(he: &[f32], ho: &[f32], tw: usize, v: &mut [f32], vs: usize, c: usize) {
+        let len = he.len();
+        let n = len - tw;
+        let (va, rest) = v[c * vs..].split_at_mut(4 * vs);
+        let (vb, rest) = rest.split_at_mut(4 * vs);
+        let (vc, vd) = rest.split_at_mut(4 * vs);
+        let (va, vb, vc, vd) = (&mut va[..n], &mut vb[..n], &mut vc[..n], &mut vd[..n]);
+        let ho = &ho[..len];
+        for q in 0..n {
+            let (d0, d1, d2, d3) = (ho[q], he[q], ho[q + tw], he[q + tw]);
+            va[q] = d0 - d2;
+            vb[q] = d1 + d2;
+            vc[q] = d2 - d1;
+            vd[q] = d1 - d3;
+        }
+    }
+}
+
+/// `V = B^T d B` of every tile of chunk `ch` of `x` (`[B, nc, h, w]`), into the 16 matrices of
+/// `v` (`nc` rows of [`Cols::n`] each); `s` holds `12 nc cols.n()` floats.
+#[allow(clippy::too_many_arguments)]
+fn input_transform(
+    x: &[f32],
+    (nc, h, w): (usize, usize, usize),
+    ch: &Chunk,
+    cols: Cols,
+    s: &mut [f32],
+    v: &mut [f32],
+) {
+    let (tw, l) = (cols.tw, cols.l());
+    let total = nc * cols.n();
+    let vs = total;
+    let (r, s) = s.split_at_mut(2 * total);
+    let (od, s) = s.split_at_mut(total);
+    let (ev, s) = s.split_at_mut(total);
+    let hs = &mut s[..8 * total];
+    for p in 0..2 {
+        gather_rows(
+            x,
+            (nc, h, w),
+            (ch.b0, ch.nb),
+            (ch.ty0, cols.nty + 1, p),
+            2 * tw,
+            r,
+        );
+        deinterleave(r, od, ev);
+        input_horizontal(od, ev, tw, &mut hs[4 * p * total..][..4 * total]);
+    }
+    let (he, ho) = hs.split_at(4 * total);
+    for c in 0..4 {
+        input_vertical(
+            &he[c * total..][..total],
+            &ho[c * total..][..total],
+            tw,
+            v,
+            vs,
+            c,
+        );
+    }
+    // The padding row of every block (and the last block's, which had no row below) is zero.
+    for xi in 0..16 {
+        for blk in v[xi * vs..][..vs].chunks_exact_mut(l) {
+            blk[l - tw..].fill(0.0);
+        }
+    }
+}
+
+simd_fn! {
+    /// `A^T m A + bias` over flat runs: `m` the 16 rows (stride `ms`, length `len`) of products;
+    /// writes the output rows `2ty` and `2ty + 1` of each tile row, columns interleaved, into
+    /// `t0` and `t1` (`2 len` each); `bias` per block of `l` columns (`bias[blk]`).
+    fn output_flat(m: &[f32], ms: usize, len: usize, l: usize, bias: &[f32], s: &mut [f32],
+        t0: &mut [f32], t1: &mut [f32]) {
+        let (sv, rest) = s.split_at_mut(8 * len);
+        let (ye, yo) = rest.split_at_mut(len);
+        let yo = &mut yo[..len];
         for c in 0..4 {
-            let row = |k: usize| &m[m0 + k * ms..][..n];
+            let row = |k: usize| &m[k * ms..][..len];
             let (a, b, cc, d) = (row(c), row(4 + c), row(8 + c), row(12 + c));
-            let (s0, s1) = sv[2 * c * n..].split_at_mut(n);
-            let s1 = &mut s1[..n];
-            for q in 0..n {
+            let (s0, s1) = sv[2 * c * len..].split_at_mut(len);
+            let s1 = &mut s1[..len];
+            for q in 0..len {
                 s0[q] = a[q] + b[q] + cc[q];
                 s1[q] = b[q] - cc[q] - d[q];
             }
         }
-        for r in 0..2 {
-            let sr = |c: usize| &sv[(2 * c + r) * n..][..n];
+        for (r, t) in [t0, t1].into_iter().enumerate() {
+            let sr = |c: usize| &sv[(2 * c + r) * len..][..len];
             let (q0, q1, q2, q3) = (sr(0), sr(1), sr(2), sr(3));
-            for q in 0..n {
-                ye[q] = q0[q] + q1[q] + q2[q] + bias;
-                yo[q] = q1[q] - q2[q] - q3[q] + bias;
-            }
-            for q in 0..n {
-                t2[2 * q] = ye[q];
-                t2[2 * q + 1] = yo[q];
-            }
-            for t in 0..nty {
-                let yy = 2 * t + r;
-                if yy < h {
-                    y[yy * w..][..w].copy_from_slice(&t2[t * 2 * tw..][..w]);
+            for ((blk, ye), yo) in ye.chunks_exact_mut(l).enumerate().zip(yo.chunks_exact_mut(l)) {
+                let bv = bias[blk];
+                let o = blk * l;
+                for q in 0..l {
+                    ye[q] = q0[o + q] + q1[o + q] + q2[o + q] + bv;
+                    yo[q] = q1[o + q] - q2[o + q] - q3[o + q] + bv;
                 }
+            }
+            let t = &mut t[..2 * len];
+            for q in 0..len {
+                t[2 * q] = ye[q];
+                t[2 * q + 1] = yo[q];
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// `Gm = A dY A^T` over flat runs: `a0, b0` (`a1, b1`) the even and odd columns of output
+    /// rows `2ty` (`2ty + 1`); writes the 16 rows of `gm` (stride `gs`).
+    fn grad_flat(a0: &[f32], b0: &[f32], a1: &[f32], b1: &[f32], gm: &mut [f32], gs: usize) {
+        let len = a0.len();
+        let (b0, a1, b1) = (&b0[..len], &a1[..len], &b1[..len]);
+        // A = [[1, 0], [1, 1], [1, -1], [0, -1]] on rows (i), then on columns.
+        for i in 0..4 {
+            let (ga, rest) = gm[4 * i * gs..].split_at_mut(gs);
+            let (gb, rest) = rest.split_at_mut(gs);
+            let (gc, gd) = rest.split_at_mut(gs);
+            let (ga, gb, gc, gd) = (&mut ga[..len], &mut gb[..len], &mut gc[..len], &mut gd[..len]);
+            for q in 0..len {
+                let (a, b) = match i {
+                    0 => (a0[q], b0[q]),
+                    1 => (a0[q] + a1[q], b0[q] + b1[q]),
+                    2 => (a0[q] - a1[q], b0[q] - b1[q]),
+                    _ => (-a1[q], -b1[q]),
+                };
+                ga[q] = a;
+                gb[q] = a + b;
+                gc[q] = a - b;
+                gd[q] = -b;
             }
         }
     }
@@ -249,28 +363,19 @@ pub(super) fn conv3x3(
     assert_eq!(out.len(), b * cout * h * wd);
     let (th, tw) = (h.div_ceil(2), wd.div_ceil(2));
     let u = transform_filters(w, cout, cin);
-    let cap = (CHUNK_BYTES / (64 * (cin + cout))).max(tw);
-    let chunks = plan_chunks(b, th, tw, cap, threads());
+    let chunks = plan_chunks(b, th, tw, chunk_cap(cin, cout, tw), threads());
     let optr = SendPtr(out.as_mut_ptr());
     let plane = h * wd;
     chunks.par_iter().for_each(|ch| {
-        let nty = ch.ty1 - ch.ty0;
-        let n = ch.nb * nty * tw; // GEMM columns: (sample, tile row, tile column)
+        let cols = Cols::new(ch, tw);
+        let (n, l) = (cols.n(), cols.l());
         let (nv, nm) = (16 * cin * n, 16 * cout * n);
-        let ns = input_scratch(nty, tw).max(output_scratch(nty, tw));
+        let ns = 14 * cin.max(cout) * n + cout * ch.nb;
         with_scratch(nv + nm + ns, |s| {
             let (v, s) = s.split_at_mut(nv);
-            let (m, tmp) = s.split_at_mut(nm);
-            // V[xi][ci][col], col = (sample j, tile row, tile column)
-            for j in 0..ch.nb {
-                let xb = &x[(ch.b0 + j) * cin * plane..][..cin * plane];
-                for ci in 0..cin {
-                    let v0 = ci * n + j * nty * tw;
-                    let xc = &xb[ci * plane..][..plane];
-                    input_plane_transform(xc, h, wd, ch.ty0, nty, tw, tmp, v, cin * n, v0);
-                }
-            }
-            // M[xi] = U[xi] @ V[xi]
+            let (m, s) = s.split_at_mut(nm);
+            let (bv, tmp) = s.split_at_mut(cout * ch.nb);
+            input_transform(x, (cin, h, wd), ch, cols, tmp, v);
             for xi in 0..16 {
                 // SAFETY: `m`, `u`, `v` hold the `cout x n`, `cout x cin`, `cin x n` blocks of
                 // plane `xi` at the given strides.
@@ -288,24 +393,137 @@ pub(super) fn conv3x3(
                     )
                 };
             }
-            // Y = A^T M A (+ bias), rows of this chunk only.
-            for j in 0..ch.nb {
+            // Y = A^T M A + bias, into the chunk's rows.
+            for (blk, b) in bv.iter_mut().enumerate() {
+                *b = bias.get(ch.b0 + blk % ch.nb, blk / ch.nb, cout);
+            }
+            let len = cout * n;
+            let (t0, rest) = tmp.split_at_mut(2 * len);
+            let (t1, s2) = rest.split_at_mut(2 * len);
+            output_flat(m, len, len, l, bv, s2, t0, t1);
+            for blk in 0..cout * ch.nb {
+                let (co, j) = (blk / ch.nb, blk % ch.nb);
                 let bi = ch.b0 + j;
-                for co in 0..cout {
-                    // SAFETY: channel `co` of sample `bi`; this task writes only the rows of its
-                    // own tile rows (chunks are disjoint tile rows or samples).
-                    let (r0, r1) = (2 * ch.ty0, (2 * ch.ty1).min(h));
-                    let yc = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            optr.get().add((bi * cout + co) * plane + r0 * wd),
-                            (r1 - r0) * wd,
-                        )
-                    };
-                    let m0 = co * n + j * nty * tw;
-                    let bv = bias.get(bi, co, cout);
-                    output_plane_transform(m, cout * n, m0, nty, tw, bv, tmp, yc, r1 - r0, wd);
+                for t in 0..cols.nty {
+                    for (r, tr) in [&*t0, &*t1].into_iter().enumerate() {
+                        let y = 2 * (ch.ty0 + t) + r;
+                        if y < h {
+                            // SAFETY: row `y` of channel `co` of sample `bi` belongs to this
+                            // chunk's tiles only (chunks are disjoint tile rows or samples).
+                            let dst = unsafe {
+                                std::slice::from_raw_parts_mut(
+                                    optr.get().add((bi * cout + co) * plane + y * wd),
+                                    wd,
+                                )
+                            };
+                            dst.copy_from_slice(&tr[2 * (blk * l + t * tw)..][..wd]);
+                        }
+                    }
                 }
             }
         })
     });
+}
+
+/// Weight gradient `dW[Cout, Cin, 3, 3]` of [`conv3x3`] for inputs `x` and output gradient
+/// `dy`, by the same transforms: with `V` the input transform of `x` and `Gm = A dY A^T`,
+/// `dU[xi] = sum over tiles Gm[xi] V[xi]^T` (16 GEMMs reducing over the tiles) and
+/// `dW = G^T dU G` (the adjoint of the filter transform). Partial sums per thread, reduced in a
+/// fixed order.
+pub(super) fn weight_grad3x3(
+    g: &ConvGeom,
+    b: usize,
+    cout: usize,
+    x: &[f32],
+    dy: &[f32],
+) -> Vec<f32> {
+    let (cin, h, wd) = (g.cin, g.h, g.w);
+    debug_assert!(applies(g, cout) && g.ho == h && g.wo == wd);
+    assert_eq!(x.len(), b * cin * h * wd);
+    assert_eq!(dy.len(), b * cout * h * wd);
+    let (th, tw) = (h.div_ceil(2), wd.div_ceil(2));
+    let chunks = plan_chunks(b, th, tw, chunk_cap(cin, cout, tw), threads());
+    // dU[xi][ci][co]
+    let du = grouped_partials(&chunks, 16 * cin * cout, |grp, acc| {
+        for (k, ch) in grp.iter().enumerate() {
+            let cols = Cols::new(ch, tw);
+            let n = cols.n();
+            let (nv, nm) = (16 * cin * n, 16 * cout * n);
+            let ns = 12 * cin.max(cout) * n;
+            with_scratch(nv + nm + ns, |s| {
+                let (v, s) = s.split_at_mut(nv);
+                let (gm, tmp) = s.split_at_mut(nm);
+                input_transform(x, (cin, h, wd), ch, cols, tmp, v);
+                // Output-gradient rows 2 (ty0 + t) + p (the padding tile row reads as zero).
+                let len = cout * n;
+                let (r, rest) = tmp.split_at_mut(2 * len);
+                let (ab, _) = rest.split_at_mut(4 * len);
+                for p in 0..2 {
+                    // gather_rows takes rows 2 (ty0 + t) - p'; row 2 (ty0 + t) + 1 is
+                    // 2 (ty0 + t + 1) - 1 with the tile rows shifted by one.
+                    let (ty0, pp) = if p == 0 { (ch.ty0, 0) } else { (ch.ty0 + 1, 1) };
+                    gather_rows(
+                        dy,
+                        (cout, h, wd),
+                        (ch.b0, ch.nb),
+                        (ty0, cols.nty + 1, pp),
+                        2 * tw,
+                        r,
+                    );
+                    let (a, rest) = ab[2 * p * len..].split_at_mut(len);
+                    deinterleave(r, a, &mut rest[..len]);
+                }
+                let (a0, rest) = ab.split_at(len);
+                let (b0, rest) = rest.split_at(len);
+                let (a1, b1) = rest.split_at(len);
+                grad_flat(a0, b0, a1, &b1[..len], gm, len);
+                // The padding tile row: zero gradient.
+                let l = cols.l();
+                for xi in 0..16 {
+                    for blk in gm[xi * len..][..len].chunks_exact_mut(l) {
+                        blk[l - tw..].fill(0.0);
+                    }
+                }
+                for xi in 0..16 {
+                    // SAFETY: `gm` and `v` hold `cout` and `cin` rows of `n` at stride `n` for
+                    // plane `xi`; `acc` holds 16 `cin x cout` blocks.
+                    unsafe {
+                        weight_grad_gemm(
+                            (cout, cin, n),
+                            acc[xi * cin * cout..].as_mut_ptr(),
+                            k > 0,
+                            gm[xi * cout * n..].as_ptr(),
+                            n,
+                            v[xi * cin * n..].as_ptr(),
+                            n,
+                        )
+                    };
+                }
+            });
+        }
+    });
+    // dW[co, ci] = G^T dU[.][ci][co] G, G^T = [[1, 1/2, 1/2, 0], [0, 1/2, -1/2, 0],
+    // [0, 1/2, 1/2, 1]].
+    let mut dw = vec![0f32; cout * cin * 9];
+    let gt = |d: [f32; 4]| {
+        [
+            d[0] + 0.5 * (d[1] + d[2]),
+            0.5 * (d[1] - d[2]),
+            0.5 * (d[1] + d[2]) + d[3],
+        ]
+    };
+    for co in 0..cout {
+        for ci in 0..cin {
+            let d = |xi: usize| du[(xi * cin + ci) * cout + co];
+            // Columns first: r[c] = G^T (column c of dU).
+            let cols: [[f32; 3]; 4] =
+                std::array::from_fn(|c| gt([d(c), d(4 + c), d(8 + c), d(12 + c)]));
+            let out = &mut dw[(co * cin + ci) * 9..][..9];
+            for ky in 0..3 {
+                let row = gt([cols[0][ky], cols[1][ky], cols[2][ky], cols[3][ky]]);
+                out[ky * 3..ky * 3 + 3].copy_from_slice(&row);
+            }
+        }
+    }
+    dw
 }
