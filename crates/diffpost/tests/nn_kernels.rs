@@ -490,3 +490,63 @@ fn conv2d_fused_backward_geometries_match_candle() {
         );
     }
 }
+
+/// The Winograd F(2x2, 3x3) path (3x3, stride 1, padding 1, at least 8 channels in and out):
+/// forward, input gradient (the same transforms on the flipped kernel) and weight gradient
+/// against candle, at even, odd and non-square sizes, one-pixel-wide images, several samples
+/// per chunk, images cut into tile-row chunks, and both bias kinds.
+#[test]
+fn conv2d_winograd_paths_match_candle() {
+    // (batch, cin, cout, h, w, per-sample bias)
+    let cases = [
+        (5, 8, 8, 7, 7, false),     // odd size, several samples per chunk
+        (3, 16, 24, 9, 12, true),   // odd height, non-square
+        (2, 12, 16, 28, 28, false), // even size, one sample per chunk
+        (4, 8, 64, 14, 14, true),   // wide output
+        (2, 24, 8, 13, 1, false),   // one column (one tile per row)
+        (3, 8, 9, 1, 10, true),     // one row
+        (1, 32, 40, 75, 61, true),  // tile-row chunks of one image
+    ];
+    for (i, &(b, cin, cout, h, w, per_sample)) in cases.iter().enumerate() {
+        let x = rnd(&[b, cin, h, w], 320 + i as u64, 1.0, 0.1);
+        let wt = rnd(&[cout, cin, 3, 3], 340 + i as u64, 0.3, 0.0);
+        let bias = if per_sample {
+            rnd(&[b, cout], 360 + i as u64, 0.5, 0.0)
+        } else {
+            rnd(&[cout], 360 + i as u64, 0.5, 0.0)
+        };
+        check_pair(
+            &format!("conv2d winograd case {i}"),
+            &[x, wt, bias],
+            |t| kernels::conv2d(&t[0], &t[1], &t[2], 1, 1).unwrap(),
+            |t| reference_conv(t, 1, 1),
+            1e-4,
+        );
+    }
+}
+
+/// The Winograd weight gradient alone (an input without a graph, so no input gradient).
+#[test]
+fn conv2d_winograd_weight_gradient_of_constant_input() {
+    let x = rnd(&[3, 16, 11, 10], 400, 1.0, 0.0);
+    let ws = rnd(&[8, 16, 3, 3], 401, 0.3, 0.0);
+    let bs = rnd(&[8], 402, 0.3, 0.0);
+    let r = rnd(&[3, 8, 11, 10], 403, 1.0, 0.0);
+    let grads = |f: &dyn Fn(&Tensor, &Tensor) -> Tensor| {
+        let (w, b) = (
+            Var::from_tensor(&ws).unwrap(),
+            Var::from_tensor(&bs).unwrap(),
+        );
+        let g = (f(w.as_tensor(), b.as_tensor()) * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        (g.get(&w).unwrap().clone(), g.get(&b).unwrap().clone())
+    };
+    let (gw, gb) = grads(&|w, b| kernels::conv2d(&x, w, b, 1, 1).unwrap());
+    let (rw, rb) = grads(&|w, b| reference_conv(&[x.clone(), w.clone(), b.clone()], 1, 1));
+    assert_close("winograd weight gradient", &gw, &rw, 1e-4);
+    assert_close("winograd bias gradient", &gb, &rb, 1e-4);
+}
