@@ -491,21 +491,21 @@ fn conv2d_fused_backward_geometries_match_candle() {
     }
 }
 
-/// The Winograd F(2x2, 3x3) path (3x3, stride 1, padding 1, at least 8 channels in and out):
-/// forward, input gradient (the same transforms on the flipped kernel) and weight gradient
-/// against candle, at even, odd and non-square sizes, one-pixel-wide images, several samples
-/// per chunk, images cut into tile-row chunks, and both bias kinds.
+/// The Winograd F(2x2, 3x3) path (3x3, stride 1, padding 1, at least 8 channels in and out,
+/// images of at least 10x10; the backward too from 64 output channels): forward, input gradient
+/// (the same transforms on the flipped kernel) and weight gradient against candle, at even, odd
+/// and non-square sizes, several samples per chunk, images cut into tile-row chunks, and both
+/// bias kinds.
 #[test]
 fn conv2d_winograd_paths_match_candle() {
     // (batch, cin, cout, h, w, per-sample bias)
     let cases = [
-        (5, 8, 8, 7, 7, false),     // odd size, several samples per chunk
-        (3, 16, 24, 9, 12, true),   // odd height, non-square
+        (5, 8, 8, 11, 11, false),   // odd size, several samples per chunk
+        (3, 16, 24, 13, 10, true),  // odd height, non-square
         (2, 12, 16, 28, 28, false), // even size, one sample per chunk
-        (4, 8, 64, 14, 14, true),   // wide output
-        (2, 24, 8, 13, 1, false),   // one column (one tile per row)
-        (3, 8, 9, 1, 10, true),     // one row
-        (1, 32, 40, 75, 61, true),  // tile-row chunks of one image
+        (4, 8, 64, 14, 14, true),   // Winograd backward
+        (3, 24, 64, 11, 17, false), // Winograd backward, odd, non-square
+        (1, 32, 64, 75, 61, true),  // tile-row chunks of one image, both passes
     ];
     for (i, &(b, cin, cout, h, w, per_sample)) in cases.iter().enumerate() {
         let x = rnd(&[b, cin, h, w], 320 + i as u64, 1.0, 0.1);
@@ -529,9 +529,9 @@ fn conv2d_winograd_paths_match_candle() {
 #[test]
 fn conv2d_winograd_weight_gradient_of_constant_input() {
     let x = rnd(&[3, 16, 11, 10], 400, 1.0, 0.0);
-    let ws = rnd(&[8, 16, 3, 3], 401, 0.3, 0.0);
-    let bs = rnd(&[8], 402, 0.3, 0.0);
-    let r = rnd(&[3, 8, 11, 10], 403, 1.0, 0.0);
+    let ws = rnd(&[64, 16, 3, 3], 401, 0.3, 0.0);
+    let bs = rnd(&[64], 402, 0.3, 0.0);
+    let r = rnd(&[3, 64, 11, 10], 403, 1.0, 0.0);
     let grads = |f: &dyn Fn(&Tensor, &Tensor) -> Tensor| {
         let (w, b) = (
             Var::from_tensor(&ws).unwrap(),

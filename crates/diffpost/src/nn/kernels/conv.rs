@@ -920,7 +920,7 @@ impl CustomOp3 for Conv2dOp {
                     } else {
                         None
                     };
-                    let winograd_dx = winograd_enabled() && winograd::applies(&g, cout);
+                    let winograd_dx = winograd_enabled() && winograd::applies_backward(&g, cout);
                     let (dw, dx) = if let (Some((wf, gt)), true) = (&flipped, winograd_dx) {
                         // dX = conv3x3(dY, W') by Winograd; dW from the im2col of x.
                         let mut dx = vec![0f32; b * g.xlen()];
@@ -935,7 +935,7 @@ impl CustomOp3 for Conv2dOp {
                         conv_input_grad(&g, b, cout, wd, gd, &mut dx);
                         (conv_weight_grad(&g, b, cout, xd, gd), Some(dx))
                     } else {
-                        let dw = if winograd_enabled() && winograd::applies(&g, cout) {
+                        let dw = if winograd_enabled() && winograd::applies_backward(&g, cout) {
                             winograd::weight_grad3x3(&g, b, cout, xd, gd)
                         } else {
                             conv_weight_grad(&g, b, cout, xd, gd)
