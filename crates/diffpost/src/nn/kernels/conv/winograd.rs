@@ -18,10 +18,14 @@ use super::super::norm::{simd_fn, simd_level};
 use super::*;
 
 /// Whether the forward pass takes [`conv3x3`]: 3x3, stride 1, padding 1, at least 8 channels
-/// in and out, images of at least 10x10. (Measured on the MNIST UNet's layers, batch 32, 2
-/// cores: 14x14 and 28x28 layers 1.2-2x faster than im2col + GEMM; at 7x7, where half-empty
-/// edge tiles and the padding row waste much of each GEMM, 1.25x slower.)
+/// in and out, images of at least 10x10, and a chunk budget of a whole sample or at least 4 tile
+/// rows (the padding row then costs at most a fifth of each GEMM). Measured, 2 cores: the MNIST
+/// UNet's 14x14 and 28x28 layers at batch 32 run 1.2-2x faster than im2col + GEMM; at 7x7,
+/// where half-empty edge tiles and the padding row waste much of each GEMM, 1.25x slower; the
+/// 256x256 guided-diffusion model (128-512 channels, one or two tile rows per chunk) 7% slower.
 pub(super) fn applies(g: &ConvGeom, cout: usize) -> bool {
+    let (th, tw) = (g.h.div_ceil(2), g.w.div_ceil(2));
+    let cap = chunk_cap(g.cin, cout, tw);
     g.kh == 3
         && g.kw == 3
         && g.stride == 1
@@ -30,6 +34,7 @@ pub(super) fn applies(g: &ConvGeom, cout: usize) -> bool {
         && cout >= 8
         && g.h >= 10
         && g.w >= 10
+        && (th * tw <= cap || cap >= 4 * tw)
 }
 
 /// Whether the backward pass (input gradient by [`conv3x3`] of the flipped kernel, weight
