@@ -5,7 +5,9 @@
 //! `D(x, sigma)` at batch 16 and one `Trainer::step` at the config's batch size (starting from the
 //! shipped weights), and prints one JSON line. `--profile` adds a per-op breakdown of the forward
 //! (the network re-run op by op on the public kernels) and of the training step (forward + loss,
-//! backward, Adam + EMA). Threads: rayon's (`RAYON_NUM_THREADS`).
+//! backward, and Adam + EMA written with candle ops: `Trainer::step` updates in place, faster).
+//! Threads: rayon's (`RAYON_NUM_THREADS`); `CANDLE_NUM_THREADS=1` unless set, as in the binary.
+//! `DIFFPOST_CONV=im2col` times the convolutions without the Winograd path.
 //!
 //! `cargo run --release -p diffpost --example bench_unet -- models/mnist [--repeats 25] [--profile]
 //! [--train-only]` (`--train-only`: skips the forward timings, e.g. under `perf record`).
@@ -521,7 +523,7 @@ fn main() -> Res<()> {
                 adam_v[i] = v;
             }
             drop(grads);
-            lap(&mut phases, "4 Adam + EMA");
+            lap(&mut phases, "4 Adam + EMA (candle ops)");
         }
         let tot: f64 = phases.values().sum::<f64>() / n as f64;
         println!("== candle training step b{bs}, by phase ({n} runs) ==");
