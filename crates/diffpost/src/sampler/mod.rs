@@ -1,6 +1,6 @@
 //! Samplers, one file per method, each a short function in the paper's notation over a
 //! [`Denoiser`] and a [`LinearOperator`]. Randomness comes only from the caller's
-//! [`SampleStreams`] (one stream per sample), so a sample never depends on its batch.
+//! [`SampleStreams`](crate::rng::SampleStreams) (one stream per sample), so a sample never depends on its batch.
 //!
 //! Score evaluations are counted per sample: one forward pass of the score/denoiser for one sample
 //! point is one evaluation, a backward pass through it one more; diffusion initialisation included.
