@@ -299,9 +299,6 @@ fn main() -> Res<()> {
             "--warmup" => warmup = it.next().ok_or("--warmup N")?.parse()?,
             "--profile" => profile = true,
             "--train-only" => train_only = true,
-            "--lhs-pack" => gemm::set_lhs_packing_threshold_single_thread(
-                it.next().ok_or("--lhs-pack N")?.parse()?,
-            ),
             "--default-malloc" => {}
             "--data" => data_path = it.next().ok_or("--data FILE")?.into(),
             "--parity" => parity_path = it.next().ok_or("--parity FILE")?.into(),
