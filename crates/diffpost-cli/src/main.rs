@@ -141,6 +141,10 @@ enum Cmd {
         /// Apply the Tweedie denoiser D(x, 0.05) after the last stage (`final_denoise`).
         #[arg(long)]
         final_denoise: bool,
+        /// Seed of the samplers' random streams (DPS and Algorithm 2); the digits and their
+        /// measurements stay the same, so runs with several seeds give the sampling spread.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Micro-benchmarks (JSON).
     Bench {
@@ -272,6 +276,7 @@ fn main() {
             steps_per_stage,
             h_rel,
             final_denoise,
+            seed,
         } => tradeoff::run(&tradeoff::Opts {
             model: &model,
             data: &data,
@@ -281,6 +286,7 @@ fn main() {
             steps_per_stage,
             h_rel,
             final_denoise,
+            seed,
         }),
         Cmd::Bench {
             what:

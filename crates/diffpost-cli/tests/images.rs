@@ -312,3 +312,59 @@ fn demo_images_runs_on_a_tiny_model() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("diffpost train"));
 }
+
+/// `diffpost tradeoff` on a tiny model: the table, plot and JSON are written; the same seed
+/// reproduces the run exactly; another sampler seed changes the samples (L2) but not the
+/// ground truths' own distance to the held-out digits; a bad step size is a clear error.
+#[test]
+fn tradeoff_writes_outputs_and_its_seed_is_the_sampler_seed() {
+    let dir = tmpdir("tradeoff");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist_test256.npy");
+    std::fs::write(
+        dir.join("unet.toml"),
+        "[model]\nbase_channels = 8\nchannel_mults = [1, 2]\nattn_resolutions = [7]\ngroups = 4\nemb_dim = 16\nfourier_features = 4\n\
+         [train]\nsteps = 2\nbatch_size = 4\ncheckpoint_every = 2\n",
+    )
+    .unwrap();
+    let model = dir.join("model");
+    ok(bin()
+        .args(["train", "--quiet", "--data"])
+        .arg(&data)
+        .arg("--config")
+        .arg(dir.join("unet.toml"))
+        .arg("--out")
+        .arg(&model));
+    let run = |name: &str, seed: &str| -> serde_json::Value {
+        let out = dir.join(name);
+        ok(bin()
+            .args(["tradeoff", "--images", "2", "--dps-steps", "3"])
+            .args(["--steps-per-stage", "1,2", "--seed", seed, "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out));
+        for f in ["tradeoff.png", "tradeoff.md"] {
+            assert!(out.join(f).exists(), "{f}");
+        }
+        serde_json::from_str(&std::fs::read_to_string(out.join("tradeoff.json")).unwrap()).unwrap()
+    };
+    let a = run("a", "0");
+    let b = run("b", "0");
+    let c = run("c", "1");
+    let rows = a["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "DPS plus two annealing times: {a}");
+    assert_eq!(rows[0]["steps_per_stage"], 0);
+    assert_eq!(a["rows"], b["rows"], "same seed, same run");
+    assert_eq!(a["floor_sw2"], c["floor_sw2"]);
+    assert_eq!(c["seed"], 1);
+    for (ra, rc) in rows.iter().zip(c["rows"].as_array().unwrap()) {
+        assert_ne!(ra["mean_l2"], rc["mean_l2"], "another seed, other samples");
+    }
+    fails(
+        bin()
+            .args(["tradeoff", "--h-rel", "0", "--out"])
+            .arg(dir.join("bad")),
+        &["--h-rel"],
+    );
+}
