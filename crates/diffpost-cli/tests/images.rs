@@ -254,9 +254,8 @@ fn train_measure_sample_images() {
     );
 }
 
-#[test]
-fn demo_images_runs_on_a_tiny_model() {
-    let dir = tmpdir("demo");
+/// The shipped test digits and a tiny model trained on them for 2 steps in `dir/model`.
+fn tiny_model(dir: &Path) -> (PathBuf, PathBuf) {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist_test256.npy");
     std::fs::write(
         dir.join("unet.toml"),
@@ -272,6 +271,13 @@ fn demo_images_runs_on_a_tiny_model() {
         .arg(dir.join("unet.toml"))
         .arg("--out")
         .arg(&model));
+    (data, model)
+}
+
+#[test]
+fn demo_images_runs_on_a_tiny_model() {
+    let dir = tmpdir("demo");
+    let (data, model) = tiny_model(&dir);
     let out = dir.join("demo");
     let o = bin()
         .args([
@@ -319,21 +325,7 @@ fn demo_images_runs_on_a_tiny_model() {
 #[test]
 fn tradeoff_writes_outputs_and_its_seed_is_the_sampler_seed() {
     let dir = tmpdir("tradeoff");
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist_test256.npy");
-    std::fs::write(
-        dir.join("unet.toml"),
-        "[model]\nbase_channels = 8\nchannel_mults = [1, 2]\nattn_resolutions = [7]\ngroups = 4\nemb_dim = 16\nfourier_features = 4\n\
-         [train]\nsteps = 2\nbatch_size = 4\ncheckpoint_every = 2\n",
-    )
-    .unwrap();
-    let model = dir.join("model");
-    ok(bin()
-        .args(["train", "--quiet", "--data"])
-        .arg(&data)
-        .arg("--config")
-        .arg(dir.join("unet.toml"))
-        .arg("--out")
-        .arg(&model));
+    let (data, model) = tiny_model(&dir);
     let run = |name: &str, seed: &str| -> serde_json::Value {
         let out = dir.join(name);
         ok(bin()

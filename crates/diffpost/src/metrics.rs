@@ -126,15 +126,16 @@ pub fn w2_sq_sorted_1d(xs: &[f64], ys: &[f64]) -> f64 {
 /// Mean squared 1-D W2 over directions, given per-direction projections of `x`
 /// (`n x l` row-major) and the already sorted reference projections (`l` rows).
 fn sliced_from_projections(px: &[f64], n: usize, l: usize, sorted_y: &[Vec<f64>]) -> f64 {
-    let total: f64 = (0..l)
+    let per_direction: Vec<f64> = (0..l)
         .into_par_iter()
         .map(|k| {
             let mut col: Vec<f64> = (0..n).map(|i| px[i * l + k]).collect();
             sort_f64(&mut col);
             w2_sq_sorted_1d(&col, &sorted_y[k])
         })
-        .sum();
-    total / l as f64
+        .collect();
+    // Summed in order (a parallel sum's order, hence its rounding, depends on work stealing).
+    per_direction.iter().sum::<f64>() / l as f64
 }
 
 /// Sliced W2: `sqrt(mean_k W2^2(<theta_k, x>, <theta_k, y>))` over the unit `directions`
@@ -194,6 +195,7 @@ fn kernel_sum_blocked(
             continue;
         }
         let g = matmul_nt(&a.x[r0 * d..r1 * d], r1 - r0, &b.x[c0 * d..], nc, d)?;
+        // Row sums in parallel, added in row order (deterministic rounding).
         let part: f64 = g
             .par_chunks(nc)
             .enumerate()
@@ -209,6 +211,8 @@ fn kernel_sum_blocked(
                     })
                     .sum::<f64>()
             })
+            .collect::<Vec<f64>>()
+            .iter()
             .sum();
         total += part;
     }

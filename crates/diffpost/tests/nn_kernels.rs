@@ -161,6 +161,30 @@ fn reference_conv(t: &[Tensor], stride: usize, pad: usize) -> Tensor {
     y.broadcast_add(&bias).unwrap()
 }
 
+/// `(batch, cin, cout, h, w, k, stride, pad, per-sample bias)`
+type ConvCase = (usize, usize, usize, usize, usize, usize, usize, usize, bool);
+
+/// Forward and every gradient of `kernels::conv2d` against candle's conv for each case (random
+/// inputs from seeds `seed + i`, `seed + 20 + i`, `seed + 40 + i`).
+fn check_conv_cases(label: &str, seed: u64, cases: &[ConvCase]) {
+    for (i, &(b, cin, cout, h, w, k, stride, pad, per_sample)) in cases.iter().enumerate() {
+        let x = rnd(&[b, cin, h, w], seed + i as u64, 1.0, 0.1);
+        let wt = rnd(&[cout, cin, k, k], seed + 20 + i as u64, 0.3, 0.0);
+        let bias = if per_sample {
+            rnd(&[b, cout], seed + 40 + i as u64, 0.5, 0.0)
+        } else {
+            rnd(&[cout], seed + 40 + i as u64, 0.5, 0.0)
+        };
+        check_pair(
+            &format!("{label} case {i}"),
+            &[x, wt, bias],
+            |t| kernels::conv2d(&t[0], &t[1], &t[2], stride, pad).unwrap(),
+            |t| reference_conv(t, stride, pad),
+            1e-4,
+        );
+    }
+}
+
 #[test]
 fn conv2d_matches_candle() {
     // (batch, cin, cout, h, w, k, stride, pad, per-sample bias)
@@ -175,22 +199,7 @@ fn conv2d_matches_candle() {
         (2, 3, 2, 9, 7, 5, 2, 2, false),
         (2, 3, 2, 9, 7, 3, 1, 0, false), // no padding: 9x7 -> 7x5
     ];
-    for (i, &(b, cin, cout, h, w, k, stride, pad, per_sample)) in cases.iter().enumerate() {
-        let x = rnd(&[b, cin, h, w], 20 + i as u64, 1.0, 0.1);
-        let wt = rnd(&[cout, cin, k, k], 40 + i as u64, 0.3, 0.0);
-        let bias = if per_sample {
-            rnd(&[b, cout], 60 + i as u64, 0.5, 0.0)
-        } else {
-            rnd(&[cout], 60 + i as u64, 0.5, 0.0)
-        };
-        check_pair(
-            &format!("conv2d case {i}"),
-            &[x, wt, bias],
-            |t| kernels::conv2d(&t[0], &t[1], &t[2], stride, pad).unwrap(),
-            |t| reference_conv(t, stride, pad),
-            1e-4,
-        );
-    }
+    check_conv_cases("conv2d", 20, &cases);
 }
 
 #[test]
@@ -442,22 +451,7 @@ fn conv2d_tiled_paths_match_candle() {
         (1, 64, 2, 101, 97, 3, 2, 1, false), // pixel ranges, stride 2 (col2im by range)
         (2, 24, 5, 67, 61, 1, 1, 0, true),   // 1x1 per sample
     ];
-    for (i, &(b, cin, cout, h, w, k, stride, pad, per_sample)) in cases.iter().enumerate() {
-        let x = rnd(&[b, cin, h, w], 120 + i as u64, 1.0, 0.1);
-        let wt = rnd(&[cout, cin, k, k], 140 + i as u64, 0.3, 0.0);
-        let bias = if per_sample {
-            rnd(&[b, cout], 160 + i as u64, 0.5, 0.0)
-        } else {
-            rnd(&[cout], 160 + i as u64, 0.5, 0.0)
-        };
-        check_pair(
-            &format!("conv2d tiled case {i}"),
-            &[x, wt, bias],
-            |t| kernels::conv2d(&t[0], &t[1], &t[2], stride, pad).unwrap(),
-            |t| reference_conv(t, stride, pad),
-            1e-4,
-        );
-    }
+    check_conv_cases("conv2d tiled", 120, &cases);
 }
 
 /// The fused stride-1 backward (one im2col of the output gradient gives both the input and the
@@ -473,22 +467,7 @@ fn conv2d_fused_backward_geometries_match_candle() {
         (7, 16, 9, 14, 14, 3, 1, 1, true),  // batched tiles, odd batch
         (1, 40, 2, 120, 90, 3, 1, 1, true), // pixel ranges of one sample
     ];
-    for (i, &(b, cin, cout, h, w, k, stride, pad, per_sample)) in cases.iter().enumerate() {
-        let x = rnd(&[b, cin, h, w], 220 + i as u64, 1.0, 0.1);
-        let wt = rnd(&[cout, cin, k, k], 240 + i as u64, 0.3, 0.0);
-        let bias = if per_sample {
-            rnd(&[b, cout], 260 + i as u64, 0.5, 0.0)
-        } else {
-            rnd(&[cout], 260 + i as u64, 0.5, 0.0)
-        };
-        check_pair(
-            &format!("conv2d fused backward case {i}"),
-            &[x, wt, bias],
-            |t| kernels::conv2d(&t[0], &t[1], &t[2], stride, pad).unwrap(),
-            |t| reference_conv(t, stride, pad),
-            1e-4,
-        );
-    }
+    check_conv_cases("conv2d fused backward", 220, &cases);
 }
 
 /// The Winograd F(2x2, 3x3) path (3x3, stride 1, padding 1, at least 8 channels in and out,
@@ -498,31 +477,16 @@ fn conv2d_fused_backward_geometries_match_candle() {
 /// bias kinds.
 #[test]
 fn conv2d_winograd_paths_match_candle() {
-    // (batch, cin, cout, h, w, per-sample bias)
+    // (batch, cin, cout, h, w, 3x3, stride 1, padding 1, per-sample bias)
     let cases = [
-        (5, 8, 8, 11, 11, false),   // odd size, several samples per chunk
-        (3, 16, 24, 13, 10, true),  // odd height, non-square
-        (2, 12, 16, 28, 28, false), // even size, one sample per chunk
-        (4, 8, 64, 14, 14, true),   // Winograd backward
-        (3, 24, 64, 11, 17, false), // Winograd backward, odd, non-square
-        (1, 32, 64, 75, 61, true),  // tile-row chunks of one image, both passes
+        (5, 8, 8, 11, 11, 3, 1, 1, false), // odd size, several samples per chunk
+        (3, 16, 24, 13, 10, 3, 1, 1, true), // odd height, non-square
+        (2, 12, 16, 28, 28, 3, 1, 1, false), // even size, one sample per chunk
+        (4, 8, 64, 14, 14, 3, 1, 1, true), // Winograd backward
+        (3, 24, 64, 11, 17, 3, 1, 1, false), // Winograd backward, odd, non-square
+        (1, 32, 64, 75, 61, 3, 1, 1, true), // tile-row chunks of one image, both passes
     ];
-    for (i, &(b, cin, cout, h, w, per_sample)) in cases.iter().enumerate() {
-        let x = rnd(&[b, cin, h, w], 320 + i as u64, 1.0, 0.1);
-        let wt = rnd(&[cout, cin, 3, 3], 340 + i as u64, 0.3, 0.0);
-        let bias = if per_sample {
-            rnd(&[b, cout], 360 + i as u64, 0.5, 0.0)
-        } else {
-            rnd(&[cout], 360 + i as u64, 0.5, 0.0)
-        };
-        check_pair(
-            &format!("conv2d winograd case {i}"),
-            &[x, wt, bias],
-            |t| kernels::conv2d(&t[0], &t[1], &t[2], 1, 1).unwrap(),
-            |t| reference_conv(t, 1, 1),
-            1e-4,
-        );
-    }
+    check_conv_cases("conv2d winograd", 320, &cases);
 }
 
 /// The Winograd weight gradient alone (an input without a graph, so no input gradient).

@@ -378,6 +378,12 @@ impl Tile {
     }
 }
 
+/// `0..n` cut into `parts` contiguous ranges `[j n / parts, (j + 1) n / parts)` (sizes differ
+/// by at most one).
+fn even_split(n: usize, parts: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..parts).map(move |j| (j * n / parts, (j + 1) * n / parts))
+}
+
 /// Cuts the `b * pout` output columns into tiles of at most [`TILE_BYTES`] of `k`-row im2col,
 /// and into at least `nt` tiles when there are that many columns; the tile count is a multiple of
 /// `nt` where possible and the tiles are as even as whole samples (pixel ranges) allow, so that
@@ -393,15 +399,12 @@ fn plan_tiles(b: usize, pout: usize, k: usize, nt: usize, whole: bool) -> Vec<Ti
     if whole && pout <= t {
         let g = (t / pout).max(1);
         let n = (b.div_ceil(g).div_ceil(nt) * nt).min(b);
-        (0..n)
-            .map(|i| {
-                let (b0, b1) = (i * b / n, (i + 1) * b / n);
-                Tile {
-                    b0,
-                    nb: b1 - b0,
-                    p0: 0,
-                    p1: pout,
-                }
+        even_split(b, n)
+            .map(|(b0, b1)| Tile {
+                b0,
+                nb: b1 - b0,
+                p0: 0,
+                p1: pout,
             })
             .collect()
     } else {
@@ -414,14 +417,7 @@ fn plan_tiles(b: usize, pout: usize, k: usize, nt: usize, whole: bool) -> Vec<Ti
             c = c_even;
         }
         (0..b)
-            .flat_map(|b0| {
-                (0..c).map(move |j| Tile {
-                    b0,
-                    nb: 1,
-                    p0: j * pout / c,
-                    p1: (j + 1) * pout / c,
-                })
-            })
+            .flat_map(|b0| even_split(pout, c).map(move |(p0, p1)| Tile { b0, nb: 1, p0, p1 }))
             .collect()
     }
 }

@@ -105,27 +105,23 @@ fn plan_chunks(b: usize, th: usize, tw: usize, cap: usize, nt: usize) -> Vec<Chu
     if per <= cap {
         let g = (cap / per).clamp(1, b.div_ceil(nt.max(1)));
         let n = b.div_ceil(g);
-        (0..n)
-            .map(|i| {
-                let (b0, b1) = (i * b / n, (i + 1) * b / n);
-                Chunk {
-                    b0,
-                    nb: b1 - b0,
-                    ty0: 0,
-                    ty1: th,
-                }
+        even_split(b, n)
+            .map(|(b0, b1)| Chunk {
+                b0,
+                nb: b1 - b0,
+                ty0: 0,
+                ty1: th,
             })
             .collect()
     } else {
-        let rows = (cap / tw).max(1);
-        let c = th.div_ceil(rows);
+        let c = th.div_ceil((cap / tw).max(1));
         (0..b)
             .flat_map(|b0| {
-                (0..c).map(move |j| Chunk {
+                even_split(th, c).map(move |(ty0, ty1)| Chunk {
                     b0,
                     nb: 1,
-                    ty0: j * th / c,
-                    ty1: (j + 1) * th / c,
+                    ty0,
+                    ty1,
                 })
             })
             .collect()
