@@ -360,3 +360,59 @@ fn tradeoff_writes_outputs_and_its_seed_is_the_sampler_seed() {
         &["--h-rel"],
     );
 }
+
+/// Reads the payload of a little-endian f64 or f32 `.npy` as f64.
+fn npy_payload(path: &Path) -> Vec<f64> {
+    let b = std::fs::read(path).unwrap();
+    let hl = u16::from_le_bytes([b[8], b[9]]) as usize;
+    let header = String::from_utf8_lossy(&b[10..10 + hl]).to_string();
+    let body = &b[10 + hl..];
+    if header.contains("<f8") {
+        body.chunks(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    } else {
+        assert!(header.contains("<f4"), "{header}");
+        body.chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect()
+    }
+}
+
+/// With a network prior, sample `i` of a seed does not depend on the batch size (the network
+/// runs on the whole batch: its convolution tiles and Winograd chunks change with it), for a
+/// sampler that differentiates through the network (DPS) and one that only evaluates it (ULA).
+#[test]
+fn network_prior_samples_do_not_depend_on_batch_size() {
+    let dir = tmpdir("batch");
+    let (data, _model) = tiny_model(&dir);
+    for (name, sampler) in [
+        ("dps", "kind = \"dps\"\nsteps = 4"),
+        ("ula", "kind = \"ula\"\nsteps = 4"),
+    ] {
+        let mut outs = Vec::new();
+        for batch in [5, 2] {
+            let out = format!("out_{name}_{batch}");
+            let cfg = dir.join(format!("{name}_{batch}.toml"));
+            std::fs::write(
+                &cfg,
+                format!(
+                    "[prior]\nkind = \"unet\"\npath = \"model\"\n[operator]\nkind = \"superres\"\nfactor = 2\n\
+                     [measurement]\ntruth = \"{}\"\nindex = 3\neta = 0.1\n[sampler]\n{sampler}\n\
+                     [run]\nn = 5\nbatch = {batch}\nseed = 1\nout = \"{out}\"\n",
+                    data.display()
+                ),
+            )
+            .unwrap();
+            ok(bin().args(["sample", "--quiet", "--config"]).arg(&cfg));
+            outs.push(npy_payload(&dir.join(out).join("samples.npy")));
+        }
+        assert_eq!(outs[0].len(), 5 * 28 * 28, "{name}");
+        for (u, v) in outs[0].iter().zip(&outs[1]) {
+            assert!(
+                (u - v).abs() <= 1e-5 * (1.0 + u.abs()),
+                "{name}: {u} vs {v}"
+            );
+        }
+    }
+}
