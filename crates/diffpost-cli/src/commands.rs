@@ -190,7 +190,7 @@ pub fn problem_gmm(d: usize, m: usize, k: usize, eta: f64, seed: u64, out: &Path
     let inst = diffpost::problem::random_gmm_instance(d, m, k, eta, seed)?;
     std::fs::create_dir_all(out)
         .with_context(|| format!("{}: cannot create folder", out.display()))?;
-    inst.prior.write_npz(&out.join("prior.npz"))?;
+    inst.prior.write_npz(out.join("prior.npz"))?;
     let a_rows: Vec<f64> = inst.a.transpose().iter().copied().collect();
     diffpost::io::write_npy(
         &out.join("A.npy"),

@@ -228,6 +228,9 @@ pub fn load(path: &Path) -> Result<Loaded> {
     load_on(path, &candle_core::Device::Cpu)
 }
 
+/// A network prior and the image shape `[C, H, W]` it works on.
+type NetPrior = (Box<dyn Denoiser>, [usize; 3]);
+
 /// Reads and validates `path`; network priors run on `device`.
 pub fn load_on(path: &Path, device: &candle_core::Device) -> Result<Loaded> {
     let text = std::fs::read_to_string(path)
@@ -290,10 +293,7 @@ pub fn load_on(path: &Path, device: &candle_core::Device) -> Result<Loaded> {
             ctx("prior")
         );
     }
-    let (gmm, net): (
-        Option<GaussianMixture>,
-        Option<(Box<dyn Denoiser>, [usize; 3])>,
-    ) = if pr.kind == "unet" {
+    let (gmm, net): (Option<GaussianMixture>, Option<NetPrior>) = if pr.kind == "unet" {
         if pr.d.is_some() || pr.var.is_some() || pr.mean.is_some() || pr.perturb.is_some() {
             bail!(
                 "{}: kind = \"unet\" takes only `path` (a model folder from `diffpost train`)",

@@ -21,11 +21,8 @@ fn gmm_score(c: &mut Criterion) {
     g.bench_function("generic_candle_ops", |b| {
         b.iter(|| inst.prior.score_generic(&x, 0.5).unwrap())
     });
-    let pc = {
-        // The GEMM alone ([10000,100] x [100,1000]) for reference.
-        let p = Tensor::randn(0f64, 1.0, (100, 1000), &Device::Cpu).unwrap();
-        p
-    };
+    // The GEMM alone ([10000,100] x [100,1000]) for reference.
+    let pc = Tensor::randn(0f64, 1.0, (100, 1000), &Device::Cpu).unwrap();
     g.bench_function("gemm_only", |b| b.iter(|| x.matmul(&pc).unwrap()));
     g.finish();
 }

@@ -107,7 +107,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let im: Vec<f64> = (0..12).map(|i| i as f64 / 11.0 * 2.0 - 1.0).collect();
         let p = dir.join("one.png");
-        save_grid(&p, &[im.clone()], [1, 3, 4], 1, -1.0, 1.0).unwrap();
+        save_grid(&p, std::slice::from_ref(&im), [1, 3, 4], 1, -1.0, 1.0).unwrap();
         // The grid has a 1-pixel border: crop it back.
         let g = image::open(&p).unwrap().to_luma8();
         assert_eq!((g.width(), g.height()), (6, 5));

@@ -731,14 +731,14 @@ impl GaussianMixture {
         let mut means = Vec::with_capacity(k);
         if let (Covs::Diag(v), Some(sel)) = (&self.covs, op.selection()) {
             let mut diags = Vec::with_capacity(k);
-            for i in 0..k {
-                let mut m = self.means[i].clone();
-                let mut c = v[i].clone();
-                let mut lw = self.weights[i].ln();
+            for ((vi, mi), wi) in v.iter().zip(&self.means).zip(&self.weights) {
+                let mut m = mi.clone();
+                let mut c = vi.clone();
+                let mut lw = wi.ln();
                 for (j, &coord) in sel.iter().enumerate() {
-                    let s = v[i][coord];
+                    let s = vi[coord];
                     let g = s + e2;
-                    let r = y[j] - self.means[i][coord];
+                    let r = y[j] - mi[coord];
                     lw += -0.5 * (r * r / g + g.ln() + ln2pi);
                     m[coord] += s / g * r;
                     c[coord] = s * e2 / g;

@@ -249,10 +249,7 @@ simd_fn! {
         // dx = rstd (gamma dz - mean(gamma dz) - xhat mean(gamma dz xhat)).
         let n = xs.len() as f32;
         let (m1, m2) = (s1 / n, s2 / n);
-        for ci in 0..gamma.len() {
-            let r = ci * hw..(ci + 1) * hw;
-            let (xr, dr) = (&xs[r.clone()], &mut dxs[r]);
-            let gm = gamma[ci];
+        for ((xr, dr), &gm) in xs.chunks(hw.max(1)).zip(dxs.chunks_mut(hw.max(1))).zip(gamma) {
             for (d, &x) in dr.iter_mut().zip(xr) {
                 let xh = (x - mean) * rstd;
                 *d = rstd * (gm * *d - m1 - xh * m2);
