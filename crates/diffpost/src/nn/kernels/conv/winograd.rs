@@ -298,39 +298,27 @@ fn input_transform(
 }
 
 simd_fn! {
-    /// `A^T m A + bias` over flat runs: `m` the 16 rows (stride `ms`, length `len`) of products;
+    /// `A^T m A + bias` in one pass: `m` the 16 rows (stride `ms`, length `len`) of products;
     /// writes the output rows `2ty` and `2ty + 1` of each tile row, columns interleaved, into
     /// `t0` and `t1` (`2 len` each); `bias` per block of `l` columns (`bias[blk]`).
-    fn output_flat(m: &[f32], ms: usize, len: usize, l: usize, bias: &[f32], s: &mut [f32],
-        t0: &mut [f32], t1: &mut [f32]) {
-        let (sv, rest) = s.split_at_mut(8 * len);
-        let (ye, yo) = rest.split_at_mut(len);
-        let yo = &mut yo[..len];
-        for c in 0..4 {
-            let row = |k: usize| &m[k * ms..][..len];
-            let (a, b, cc, d) = (row(c), row(4 + c), row(8 + c), row(12 + c));
-            let (s0, s1) = sv[2 * c * len..].split_at_mut(len);
-            let s1 = &mut s1[..len];
-            for q in 0..len {
-                s0[q] = a[q] + b[q] + cc[q];
-                s1[q] = b[q] - cc[q] - d[q];
-            }
-        }
-        for (r, t) in [t0, t1].into_iter().enumerate() {
-            let sr = |c: usize| &sv[(2 * c + r) * len..][..len];
-            let (q0, q1, q2, q3) = (sr(0), sr(1), sr(2), sr(3));
-            for ((blk, ye), yo) in ye.chunks_exact_mut(l).enumerate().zip(yo.chunks_exact_mut(l)) {
-                let bv = bias[blk];
-                let o = blk * l;
-                for q in 0..l {
-                    ye[q] = q0[o + q] + q1[o + q] + q2[o + q] + bv;
-                    yo[q] = q1[o + q] - q2[o + q] - q3[o + q] + bv;
-                }
-            }
-            let t = &mut t[..2 * len];
-            for q in 0..len {
-                t[2 * q] = ye[q];
-                t[2 * q + 1] = yo[q];
+    fn output_flat(m: &[f32], ms: usize, len: usize, l: usize, bias: &[f32], t0: &mut [f32],
+        t1: &mut [f32]) {
+        let rows: [&[f32]; 16] = std::array::from_fn(|k| &m[k * ms..][..len]);
+        let (t0, t1) = (&mut t0[..2 * len], &mut t1[..2 * len]);
+        for (blk, &bv) in bias.iter().enumerate().take(len / l.max(1)) {
+            let o = blk * l;
+            let r: [&[f32]; 16] = std::array::from_fn(|k| &rows[k][o..o + l]);
+            let (u0, u1) = (&mut t0[2 * o..2 * (o + l)], &mut t1[2 * o..2 * (o + l)]);
+            for q in 0..l {
+                // s0[c] = (A^T m)[0][c], s1[c] = (A^T m)[1][c]
+                let s0 = |c: usize| r[c][q] + r[4 + c][q] + r[8 + c][q];
+                let s1 = |c: usize| r[4 + c][q] - r[8 + c][q] - r[12 + c][q];
+                let (a0, a1, a2, a3) = (s0(0), s0(1), s0(2), s0(3));
+                let (b0, b1, b2, b3) = (s1(0), s1(1), s1(2), s1(3));
+                u0[2 * q] = a0 + a1 + a2 + bv;
+                u0[2 * q + 1] = a1 - a2 - a3 + bv;
+                u1[2 * q] = b0 + b1 + b2 + bv;
+                u1[2 * q + 1] = b1 - b2 - b3 + bv;
             }
         }
     }
@@ -418,8 +406,8 @@ pub(super) fn conv3x3(
             }
             let len = cout * n;
             let (t0, rest) = tmp.split_at_mut(2 * len);
-            let (t1, s2) = rest.split_at_mut(2 * len);
-            output_flat(m, len, len, l, bv, s2, t0, t1);
+            let t1 = &mut rest[..2 * len];
+            output_flat(m, len, len, l, bv, t0, t1);
             for blk in 0..cout * ch.nb {
                 let (co, j) = (blk / ch.nb, blk % ch.nb);
                 let bi = ch.b0 + j;
