@@ -302,23 +302,9 @@ fn final_denoise_applies_tweedie_at_the_score_level_to_the_same_chains() {
     assert_eq!(denoised.score_evals, plain.score_evals + 1);
     let tilted = GaussianTilted::new(&inst.prior, x0.clone(), 0.5).unwrap();
     let want = tilted.denoise(&plain.samples, s_sigma).unwrap();
-    let err = (denoised.samples.clone() - &want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
+    let err = common::max_abs_diff(&denoised.samples, &want);
     assert!(err < 1e-12, "{err}");
     // And it changes the samples (Tweedie shrinks them): the check above cannot pass vacuously.
-    let moved = (denoised.samples - &plain.samples)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
+    let moved = common::max_abs_diff(&denoised.samples, &plain.samples);
     assert!(moved > 1e-3, "{moved}");
 }

@@ -30,7 +30,9 @@ use candle_nn::{linear, Linear, VarBuilder};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::kernels;
-use super::layers::{add_scale, conv1, conv3, conv_k, group_norm_eps, silu, Conv, Norm};
+use super::layers::{
+    add_scale, conv1, conv3, conv_k, fused_kernel_switch, group_norm_eps, silu, Conv, Norm,
+};
 
 /// `sample_size` of a diffusers config: an int (square) or `[h, w]`.
 #[derive(Deserialize)]
@@ -908,21 +910,7 @@ impl UNet2DModel {
         })
     }
 
-    /// Whether the fused CPU kernels ([`super::kernels`]) are used for f32 CPU inputs (the
-    /// default); off, every op is candle's own (the reference path, and the one on GPUs).
-    pub fn with_fused_kernels(mut self, on: bool) -> Self {
-        self.fused = on;
-        self
-    }
-
-    /// See [`Self::with_fused_kernels`].
-    pub fn set_fused_kernels(&mut self, on: bool) {
-        self.fused = on;
-    }
-
-    pub fn fused_kernels(&self) -> bool {
-        self.fused
-    }
+    fused_kernel_switch!();
 
     /// The architecture.
     pub fn config(&self) -> &UNet2DConfig {

@@ -27,7 +27,9 @@ use candle_nn::{linear, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::kernels;
-use super::layers::{add_scale, conv1, conv3, group_norm, silu, softmax_last_dim, Conv, Norm};
+use super::layers::{
+    add_scale, conv1, conv3, fused_kernel_switch, group_norm, silu, softmax_last_dim, Conv, Norm,
+};
 
 /// GroupNorm32 of guided-diffusion (`normalization(channels)`).
 const GROUPS: usize = 32;
@@ -741,21 +743,7 @@ impl GuidedUNet {
         })
     }
 
-    /// Whether the fused CPU kernels ([`super::kernels`]) are used for f32 CPU inputs (the
-    /// default); off, every op is candle's own (the reference path, and the one on GPUs).
-    pub fn with_fused_kernels(mut self, on: bool) -> Self {
-        self.fused = on;
-        self
-    }
-
-    /// See [`Self::with_fused_kernels`].
-    pub fn set_fused_kernels(&mut self, on: bool) {
-        self.fused = on;
-    }
-
-    pub fn fused_kernels(&self) -> bool {
-        self.fused
-    }
+    fused_kernel_switch!();
 
     /// The architecture.
     pub fn config(&self) -> &GuidedUNetConfig {

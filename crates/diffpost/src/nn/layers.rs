@@ -287,39 +287,22 @@ fn sgemm(
     (rhs_rs, rhs_cs): (usize, usize),
 ) {
     assert!(dst.len() >= m * n);
-    if m == 0 || n == 0 {
-        return;
+    if m > 0 && n > 0 && k > 0 {
+        assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+        assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
     }
-    if k == 0 {
-        if !accumulate {
-            dst[..m * n].fill(0.0);
-        }
-        return;
-    }
-    assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
-    assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    // SAFETY: the asserts keep every access of the three matrices in bounds, and `dst` does not
-    // alias `lhs` or `rhs` (a `&mut` and two `&` slices).
+    // SAFETY: the asserts keep every access of the three matrices in bounds (with `k = 0` only
+    // `dst` is written), and `dst` does not alias `lhs` or `rhs` (a `&mut` and two `&` slices).
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
+        super::kernels::sgemm(
+            (m, n, k),
             dst.as_mut_ptr(),
-            1,
-            n as isize,
+            (n, 1),
             accumulate,
             lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
+            (lhs_rs, lhs_cs),
             rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
+            (rhs_rs, rhs_cs),
             gemm::Parallelism::None,
         )
     }
@@ -624,3 +607,27 @@ pub(crate) fn upsample2_nearest(x: &Tensor) -> Result<Tensor> {
         .contiguous()?
         .reshape((b, c, 2 * h, 2 * w))
 }
+
+/// The fused-kernel switch of a network with a `fused: bool` field, as methods of its `impl`
+/// block: `with_fused_kernels`, `set_fused_kernels`, `fused_kernels`.
+macro_rules! fused_kernel_switch {
+    () => {
+        /// Whether the fused CPU kernels ([`super::kernels`]) are used for f32 CPU inputs (the
+        /// default); off, every op is candle's own (the reference path, and the one on GPUs).
+        pub fn with_fused_kernels(mut self, on: bool) -> Self {
+            self.fused = on;
+            self
+        }
+
+        /// See [`Self::with_fused_kernels`].
+        pub fn set_fused_kernels(&mut self, on: bool) {
+            self.fused = on;
+        }
+
+        /// Whether the fused CPU kernels are on (see [`Self::with_fused_kernels`]).
+        pub fn fused_kernels(&self) -> bool {
+            self.fused
+        }
+    };
+}
+pub(super) use fused_kernel_switch;

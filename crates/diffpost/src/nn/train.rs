@@ -615,16 +615,6 @@ struct AdamOp {
     co: AdamCoefs,
 }
 
-fn cpu_f32<'a>(
-    s: &'a candle_core::CpuStorage,
-    l: &candle_core::Layout,
-) -> candle_core::Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => candle_core::bail!("adam: contiguous tensors expected"),
-    }
-}
-
 fn cpu_f32_mut<'a>(
     s: &'a mut candle_core::CpuStorage,
     l: &candle_core::Layout,
@@ -650,7 +640,7 @@ impl candle_core::InplaceOp2 for AdamOp {
         l2: &candle_core::Layout,
     ) -> candle_core::Result<()> {
         let dst = cpu_f32_mut(s1, l1)?;
-        let src = cpu_f32(s2, l2)?;
+        let src = super::kernels::slice(s2, l2, "adam")?;
         if dst.len() != src.len() {
             candle_core::bail!("adam: sizes differ")
         }
@@ -695,8 +685,8 @@ impl candle_core::InplaceOp3 for AdamOp {
         l3: &candle_core::Layout,
     ) -> candle_core::Result<()> {
         let p = cpu_f32_mut(s1, l1)?;
-        let m = cpu_f32(s2, l2)?;
-        let v = cpu_f32(s3, l3)?;
+        let m = super::kernels::slice(s2, l2, "adam m")?;
+        let v = super::kernels::slice(s3, l3, "adam v")?;
         if p.len() != m.len() || p.len() != v.len() {
             candle_core::bail!("adam: sizes differ")
         }

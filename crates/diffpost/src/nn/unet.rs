@@ -17,7 +17,7 @@ use candle_core::{Device, Module, Result, Tensor, D};
 use candle_nn::{linear, Linear, VarBuilder};
 
 use super::kernels;
-use super::layers::{add_scale, conv1, conv3, group_norm, silu, Conv, Norm};
+use super::layers::{add_scale, conv1, conv3, fused_kernel_switch, group_norm, silu, Conv, Norm};
 /// The fused attention block of the UNet's attention layers (f32 CPU), public for tests and
 /// benchmarks: see [`attention_block`].
 pub use super::layers::{attention_block, pack_linear};
@@ -401,21 +401,7 @@ impl UNet {
         })
     }
 
-    /// Whether the fused CPU kernels ([`super::kernels`]) are used for f32 CPU inputs (the
-    /// default); off, every op is candle's own (the reference path, and the one on GPUs).
-    pub fn with_fused_kernels(mut self, on: bool) -> Self {
-        self.fused = on;
-        self
-    }
-
-    /// See [`Self::with_fused_kernels`].
-    pub fn set_fused_kernels(&mut self, on: bool) {
-        self.fused = on;
-    }
-
-    pub fn fused_kernels(&self) -> bool {
-        self.fused
-    }
+    fused_kernel_switch!();
 
     /// The architecture.
     pub fn config(&self) -> &UNetConfig {

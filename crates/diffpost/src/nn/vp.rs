@@ -392,6 +392,17 @@ impl Denoiser for VpDenoiser {
 mod tests {
     use super::*;
 
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
     #[test]
     fn ddpm_linear_sigma_range() {
         let s = VpSchedule::ddpm_linear_1000();
@@ -493,14 +504,7 @@ mod tests {
             // Exact D for N(0, v): v / (v + sigma^2) x.
             let want = (&x * (v / (v + sigma * sigma))).unwrap();
             let got = d.denoise(&x, sigma).unwrap();
-            let err = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
+            let err = max_abs_diff(&got, &want);
             assert!(err < 1e-5, "sigma {sigma}: {err}");
         }
         // Nearest: the denoiser of the nearest timestep's own sigma.
@@ -518,14 +522,7 @@ mod tests {
         )
         .with_timestep_mode(TimestepMode::Nearest);
         let want = (&x * (v / (v + st * st))).unwrap();
-        let err = (near.denoise(&x, q).unwrap() - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
+        let err = max_abs_diff(&near.denoise(&x, q).unwrap(), &want);
         assert!(err < 1e-5 && (q - st).abs() > 1e-4, "{err}");
         assert!(matches!(
             d.denoise(&x, 500.0).unwrap_err(),

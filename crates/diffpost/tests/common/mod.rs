@@ -406,3 +406,15 @@ pub mod run {
         .unwrap()
     }
 }
+
+/// `max |a - b|` over all entries (f64 tensors of the same shape).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}

@@ -264,62 +264,6 @@ impl ConvGeom {
 // ---------------------------------------------------------------------------------------------
 // GEMM, scratch, tiles
 
-/// `dst[m, n] (+)= lhs[m, k] @ rhs[k, n]`, every operand with explicit (row, column) strides.
-/// (`gemm` packs its `lhs` in `m`-contiguous panels and reads an `rhs` with unit row stride in
-/// place, transposing the problem when `dst` is row-major: callers choose the orientation that
-/// leaves the large operand in the layout read without a transposing copy.)
-///
-/// # Safety
-/// Every element addressed through the three pointers and strides must be in bounds, and `dst`
-/// must not overlap `lhs`, `rhs` or memory written concurrently.
-#[allow(clippy::too_many_arguments)]
-unsafe fn sgemm(
-    (m, n, k): (usize, usize, usize),
-    dst: *mut f32,
-    (dst_rs, dst_cs): (usize, usize),
-    accumulate: bool,
-    lhs: *const f32,
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: *const f32,
-    (rhs_rs, rhs_cs): (usize, usize),
-    par: Parallelism,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            for i in 0..m {
-                for j in 0..n {
-                    *dst.add(i * dst_rs + j * dst_cs) = 0.0;
-                }
-            }
-        }
-        return;
-    }
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        dst_cs as isize,
-        dst_rs as isize,
-        accumulate,
-        lhs,
-        lhs_cs as isize,
-        lhs_rs as isize,
-        rhs,
-        rhs_cs as isize,
-        rhs_rs as isize,
-        1.0f32,
-        1.0f32,
-        false,
-        false,
-        false,
-        par,
-    )
-}
-
 /// A raw pointer that tiles running on several threads write through (disjoint regions).
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
