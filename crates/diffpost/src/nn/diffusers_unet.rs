@@ -31,7 +31,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::kernels;
 use super::layers::{
-    add_scale, conv1, conv3, conv_k, fused_kernel_switch, group_norm_eps, silu, Conv, Norm,
+    add_scale, conv1, conv3, conv_k, fused_kernel_switch, group_norm_eps, positive, silu, Conv,
+    Norm,
 };
 
 /// `sample_size` of a diffusers config: an int (square) or `[h, w]`.
@@ -290,17 +291,10 @@ impl UNet2DConfig {
     /// Checks the configuration, naming the offending field.
     pub fn validate(&self) -> crate::Result<()> {
         use crate::Error;
-        let pos = |v: usize, f: &str| {
-            if v == 0 {
-                Err(Error::param(f, "must be positive"))
-            } else {
-                Ok(())
-            }
-        };
-        pos(self.in_channels, "in_channels")?;
-        pos(self.out_channels, "out_channels")?;
-        pos(self.layers_per_block, "layers_per_block")?;
-        pos(self.norm_num_groups, "norm_num_groups")?;
+        positive(self.in_channels, "in_channels")?;
+        positive(self.out_channels, "out_channels")?;
+        positive(self.layers_per_block, "layers_per_block")?;
+        positive(self.norm_num_groups, "norm_num_groups")?;
         if let Some([h, w]) = self.sample_size {
             if h == 0 || w == 0 {
                 return Err(Error::param("sample_size", "must be positive"));
@@ -372,7 +366,7 @@ impl UNet2DConfig {
             }
         }
         if let Some(d) = self.time_embedding_dim {
-            pos(d, "time_embedding_dim")?;
+            positive(d, "time_embedding_dim")?;
         }
         if let Some(a) = &self.time_embedding_act_fn {
             return Err(Error::param(

@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use super::kernels;
 use super::layers::{
-    add_scale, conv1, conv3, fused_kernel_switch, group_norm, silu, softmax_last_dim, Conv, Norm,
+    add_scale, conv1, conv3, fused_kernel_switch, group_norm, positive, silu, softmax_last_dim,
+    Conv, Norm,
 };
 
 /// GroupNorm32 of guided-diffusion (`normalization(channels)`).
@@ -224,17 +225,10 @@ impl GuidedUNetConfig {
     /// Checks the configuration, naming the offending field.
     pub fn validate(&self) -> crate::Result<()> {
         use crate::Error;
-        let pos = |v: usize, f: &str| {
-            if v == 0 {
-                Err(Error::param(f, "must be positive"))
-            } else {
-                Ok(())
-            }
-        };
-        pos(self.image_size, "image_size")?;
-        pos(self.in_channels, "in_channels")?;
-        pos(self.num_channels, "num_channels")?;
-        pos(self.num_heads, "num_heads")?;
+        positive(self.image_size, "image_size")?;
+        positive(self.in_channels, "in_channels")?;
+        positive(self.num_channels, "num_channels")?;
+        positive(self.num_heads, "num_heads")?;
         if self.class_cond {
             return Err(Error::param(
                 "class_cond",

@@ -631,3 +631,12 @@ macro_rules! fused_kernel_switch {
     };
 }
 pub(super) use fused_kernel_switch;
+
+/// `Ok` when a configuration count `v` is positive, else an error naming `field`.
+pub(super) fn positive(v: usize, field: &str) -> crate::Result<()> {
+    if v == 0 {
+        Err(crate::Error::param(field, "must be positive"))
+    } else {
+        Ok(())
+    }
+}

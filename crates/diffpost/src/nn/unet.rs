@@ -17,7 +17,9 @@ use candle_core::{Device, Module, Result, Tensor, D};
 use candle_nn::{linear, Linear, VarBuilder};
 
 use super::kernels;
-use super::layers::{add_scale, conv1, conv3, fused_kernel_switch, group_norm, silu, Conv, Norm};
+use super::layers::{
+    add_scale, conv1, conv3, fused_kernel_switch, group_norm, positive, silu, Conv, Norm,
+};
 /// The fused attention block of the UNet's attention layers (f32 CPU), public for tests and
 /// benchmarks: see [`attention_block`].
 pub use super::layers::{attention_block, pack_linear};
@@ -102,21 +104,14 @@ impl UNetConfig {
     /// Checks the configuration, naming the offending field.
     pub fn validate(&self) -> crate::Result<()> {
         use crate::Error;
-        let pos = |v: usize, f: &str| {
-            if v == 0 {
-                Err(Error::param(f, "must be positive"))
-            } else {
-                Ok(())
-            }
-        };
-        pos(self.in_channels, "in_channels")?;
-        pos(self.image_size[0], "image_size")?;
-        pos(self.image_size[1], "image_size")?;
-        pos(self.base_channels, "base_channels")?;
-        pos(self.groups, "groups")?;
-        pos(self.num_heads, "num_heads")?;
-        pos(self.emb_dim, "emb_dim")?;
-        pos(self.fourier_features, "fourier_features")?;
+        positive(self.in_channels, "in_channels")?;
+        positive(self.image_size[0], "image_size")?;
+        positive(self.image_size[1], "image_size")?;
+        positive(self.base_channels, "base_channels")?;
+        positive(self.groups, "groups")?;
+        positive(self.num_heads, "num_heads")?;
+        positive(self.emb_dim, "emb_dim")?;
+        positive(self.fourier_features, "fourier_features")?;
         if self.channel_mults.is_empty() || self.channel_mults.contains(&0) {
             return Err(Error::param(
                 "channel_mults",
