@@ -200,11 +200,8 @@ enum BenchKind {
 }
 
 fn main() {
-    // candle's elementwise thread pool spin-waits; we parallelise over sample batches instead
-    // (see .cargo/config.toml). GEMMs keep using every core. Respect an explicit user setting.
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
+    // candle's elementwise thread pool spin-waits; we parallelise over sample batches instead.
+    diffpost::sysalloc::quiet_candle_pool();
     // Large activation buffers are reused instead of returned to the OS after every call.
     diffpost::sysalloc::tune_for_large_arrays();
     let cli = Cli::parse();

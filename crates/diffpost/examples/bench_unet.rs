@@ -276,11 +276,8 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> Res<f64> {
 
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    // As the `diffpost` binary does: candle's spinning elementwise pool off (one thread; the
-    // kernels and GEMMs use rayon's threads), unless the caller set it.
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
+    // As the `diffpost` binary does: candle's spinning elementwise pool off, unless set.
+    diffpost::sysalloc::quiet_candle_pool();
     // As the `diffpost` binary does (`--default-malloc` to measure glibc's defaults instead).
     let tuned = !args.iter().any(|a| a == "--default-malloc")
         && diffpost::sysalloc::tune_for_large_arrays();

@@ -1,4 +1,5 @@
-//! Process-wide allocator settings for numerical work with large, short-lived buffers.
+//! Process-wide settings for numerical work: the allocator (large, short-lived buffers) and
+//! candle's elementwise thread pool ([`quiet_candle_pool`]).
 //!
 //! glibc's malloc returns every allocation above its mmap threshold to the OS on free, so a
 //! network evaluation that allocates (and frees) activations and im2col scratch of tens to
@@ -25,5 +26,15 @@ pub fn tune_for_large_arrays() -> bool {
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
         false
+    }
+}
+
+/// Turns candle's spin-waiting elementwise thread pool off (`CANDLE_NUM_THREADS=1`) unless the
+/// environment already sets it: diffpost parallelises over samples and inside its own kernels
+/// (rayon), and on a busy machine the spinning pool cost 15-20x (`.cargo/config.toml`). GEMMs
+/// keep every core. Call at start-up, before candle's first op.
+pub fn quiet_candle_pool() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
 }
