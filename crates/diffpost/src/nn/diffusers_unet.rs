@@ -780,6 +780,19 @@ impl UNet2DModel {
         let linear_2 = linear(ted, ted, vb.pp("time_embedding.linear_2"))?;
         let conv_in = conv3(cfg.in_channels, c0, 1, vb.pp("conv_in"))?;
 
+        // The attention layer `j` of a down or up block (`Attn*Block2D` only).
+        let block_attention = |attn: bool, c: usize, vbb: &VarBuilder, j: usize| {
+            attn.then(|| {
+                Attention::new(
+                    c,
+                    Some(cfg.norm_num_groups),
+                    1.0,
+                    cfg,
+                    vbb.pp(format!("attentions.{j}")),
+                )
+            })
+            .transpose()
+        };
         let mut down = Vec::with_capacity(n);
         let mut out_ch = c0;
         for (i, t) in cfg.down_block_types.iter().enumerate() {
@@ -791,18 +804,7 @@ impl UNet2DModel {
             for j in 0..cfg.layers_per_block {
                 let cin = if j == 0 { in_ch } else { out_ch };
                 let res = ResnetBlock::new(cin, out_ch, 1.0, cfg, vbb.pp(format!("resnets.{j}")))?;
-                let a = if attn {
-                    Some(Attention::new(
-                        out_ch,
-                        Some(cfg.norm_num_groups),
-                        1.0,
-                        cfg,
-                        vbb.pp(format!("attentions.{j}")),
-                    )?)
-                } else {
-                    None
-                };
-                layers.push((res, a));
+                layers.push((res, block_attention(attn, out_ch, &vbb, j)?));
             }
             let ds = if i + 1 < n {
                 let pad = cfg.downsample_padding;
@@ -858,18 +860,7 @@ impl UNet2DModel {
                 let rin = if j == 0 { prev_out } else { out_ch };
                 let res =
                     ResnetBlock::new(rin + skip, out_ch, 1.0, cfg, vbb.pp(format!("resnets.{j}")))?;
-                let a = if attn {
-                    Some(Attention::new(
-                        out_ch,
-                        Some(cfg.norm_num_groups),
-                        1.0,
-                        cfg,
-                        vbb.pp(format!("attentions.{j}")),
-                    )?)
-                } else {
-                    None
-                };
-                layers.push((res, a));
+                layers.push((res, block_attention(attn, out_ch, &vbb, j)?));
             }
             let us = if i + 1 < n {
                 Some(conv3(out_ch, out_ch, 1, vbb.pp("upsamplers.0.conv"))?)

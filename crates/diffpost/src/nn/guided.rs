@@ -609,6 +609,25 @@ impl GuidedUNet {
         let time_fc1 = linear(mc, emb_dim, vb.pp("time_embed.0"))?;
         let time_fc2 = linear(emb_dim, emb_dim, vb.pp("time_embed.2"))?;
 
+        // A plain residual block and an attention block (the heads differ on the way up).
+        let res = |cin: usize, cout: usize, vb: VarBuilder| {
+            Ok::<_, candle_core::Error>(Layer::Res(ResBlock::new(
+                cin,
+                cout,
+                emb_dim,
+                cfg,
+                UpDown::None,
+                vb,
+            )?))
+        };
+        let attn = |ch: usize, up: bool, vb: VarBuilder| {
+            Ok::<_, candle_core::Error>(Layer::Attn(AttentionBlock::new(
+                ch,
+                cfg.heads(ch, up),
+                cfg.use_new_attention_order,
+                vb,
+            )?))
+        };
         let vbi = vb.pp("input_blocks");
         let mut ch = mult[0] * mc;
         let input_ch = ch;
@@ -624,22 +643,10 @@ impl GuidedUNet {
             for _ in 0..cfg.num_res_blocks {
                 let vbb = vbi.pp(input_blocks.len());
                 let cout = m * mc;
-                let mut layers = vec![Layer::Res(ResBlock::new(
-                    ch,
-                    cout,
-                    emb_dim,
-                    cfg,
-                    UpDown::None,
-                    vbb.pp("0"),
-                )?)];
+                let mut layers = vec![res(ch, cout, vbb.pp("0"))?];
                 ch = cout;
                 if attn_ds.contains(&ds) {
-                    layers.push(Layer::Attn(AttentionBlock::new(
-                        ch,
-                        cfg.heads(ch, false),
-                        cfg.use_new_attention_order,
-                        vbb.pp("1"),
-                    )?));
+                    layers.push(attn(ch, false, vbb.pp("1"))?);
                 }
                 input_blocks.push(layers);
                 chans.push(ch);
@@ -659,28 +666,9 @@ impl GuidedUNet {
 
         let vbm = vb.pp("middle_block");
         let middle_block = vec![
-            Layer::Res(ResBlock::new(
-                ch,
-                ch,
-                emb_dim,
-                cfg,
-                UpDown::None,
-                vbm.pp("0"),
-            )?),
-            Layer::Attn(AttentionBlock::new(
-                ch,
-                cfg.heads(ch, false),
-                cfg.use_new_attention_order,
-                vbm.pp("1"),
-            )?),
-            Layer::Res(ResBlock::new(
-                ch,
-                ch,
-                emb_dim,
-                cfg,
-                UpDown::None,
-                vbm.pp("2"),
-            )?),
+            res(ch, ch, vbm.pp("0"))?,
+            attn(ch, false, vbm.pp("1"))?,
+            res(ch, ch, vbm.pp("2"))?,
         ];
 
         let vbo = vb.pp("output_blocks");
@@ -690,22 +678,10 @@ impl GuidedUNet {
                 let vbb = vbo.pp(output_blocks.len());
                 let ich = chans.pop().expect("one skip per input block");
                 let cout = m * mc;
-                let mut layers = vec![Layer::Res(ResBlock::new(
-                    ch + ich,
-                    cout,
-                    emb_dim,
-                    cfg,
-                    UpDown::None,
-                    vbb.pp("0"),
-                )?)];
+                let mut layers = vec![res(ch + ich, cout, vbb.pp("0"))?];
                 ch = cout;
                 if attn_ds.contains(&ds) {
-                    layers.push(Layer::Attn(AttentionBlock::new(
-                        ch,
-                        cfg.heads(ch, true),
-                        cfg.use_new_attention_order,
-                        vbb.pp("1"),
-                    )?));
+                    layers.push(attn(ch, true, vbb.pp("1"))?);
                 }
                 if level > 0 && i == cfg.num_res_blocks {
                     let vbl = vbb.pp(layers.len());
