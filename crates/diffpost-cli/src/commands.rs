@@ -1,164 +1,109 @@
-//! The subcommands.
+//! The subcommands: parse arguments, call the library, write outputs and print.
 
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use diffpost::metrics::{noise_floor, MetricFloors, Reference};
-use diffpost::prior::{Denoiser, ExactSample, GaussianMixture};
+use diffpost::config::ProblemConfig;
+use diffpost::metrics::exact_reference;
+use diffpost::prior::Denoiser;
 use diffpost::rng::SampleStreams;
-use diffpost::sampler::{Monitor, Output};
+use diffpost::run::shard::{merge as merge_shards, RunSummary};
+use diffpost::run::{NoProgress, Progress, ProblemParts, RunContext, RunPlan, Shard};
+use diffpost::sampler::spec::{SamplerSpec, KINDS};
 use indicatif::{ProgressBar, ProgressStyle};
-use rayon::prelude::*;
 use serde_json::json;
 
-use crate::config::{self, Loaded};
-use crate::spec::{self, Spec};
+/// A terminal progress bar over sample-steps.
+struct Bar(ProgressBar);
 
-/// Progress over parallel batches: the bar counts sample-steps.
-struct Bar {
-    bar: Option<ProgressBar>,
-    done: AtomicU64,
-    len_set: Mutex<bool>,
-    n: u64,
-}
-
-struct BatchMonitor<'a> {
-    bar: &'a Bar,
-    batch: u64,
-    last: AtomicU64,
-}
-
-impl Monitor for BatchMonitor<'_> {
-    fn on_step(&self, done: u64, total: u64) {
-        let Some(b) = &self.bar.bar else { return };
-        {
-            let mut set = self.bar.len_set.lock().unwrap();
-            if !*set {
-                b.set_length(total * self.bar.n);
-                *set = true;
-            }
-        }
-        let prev = self.last.swap(done, Ordering::Relaxed);
-        if done > prev {
-            let add = (done - prev) * self.batch;
-            let now = self.bar.done.fetch_add(add, Ordering::Relaxed) + add;
-            b.set_position(now);
-        }
+impl Progress for Bar {
+    fn start(&self, total: u64) {
+        self.0.set_length(total);
+    }
+    fn advance(&self, delta: u64) {
+        self.0.inc(delta);
     }
 }
 
-/// Runs `spec` for samples `0..n` in parallel batches (results do not depend on the batching).
-pub fn run_batched(
-    spec: &Spec,
-    l: &Loaded,
-    n: usize,
-    seed: u64,
-    batch: Option<usize>,
-    quiet: bool,
-) -> Result<(Tensor, Output)> {
-    let threads = rayon::current_num_threads().max(1);
-    let batch = batch.unwrap_or_else(|| n.div_ceil(2 * threads).clamp(16, 1000));
-    let bar = Bar {
-        bar: (!quiet).then(|| {
-            let b = ProgressBar::new(n as u64);
-            b.set_style(
-                ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {percent}% eta {eta}")
-                    .unwrap()
-                    .progress_chars("=> "),
-            );
-            b.set_message(spec.name());
-            b
-        }),
-        done: AtomicU64::new(0),
-        len_set: Mutex::new(false),
-        n: n as u64,
-    };
-    let chunks = SampleStreams::range(seed, n).into_chunks(batch);
-    let outs: Vec<Result<Output>> = chunks
-        .into_par_iter()
-        .map(|mut s| {
-            let mon = BatchMonitor {
-                bar: &bar,
-                batch: s.len() as u64,
-                last: AtomicU64::new(0),
-            };
-            spec::run(spec, l, &mut s, &mon)
-        })
-        .collect();
-    if let Some(b) = &bar.bar {
-        b.finish_and_clear();
-    }
-    let outs: Vec<Output> = outs.into_iter().collect::<Result<_>>()?;
-    let all = Tensor::cat(
-        &outs.iter().map(|o| o.samples.clone()).collect::<Vec<_>>(),
-        0,
-    )?;
-    let first = outs.into_iter().next().expect("n >= 1");
-    Ok((all, first))
+fn bar(name: &str) -> Bar {
+    let b = ProgressBar::new(1);
+    b.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {percent}% eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    b.set_message(name.to_string());
+    Bar(b)
 }
 
-pub fn sample(config_path: &Path, quiet: bool, device: &candle_core::Device) -> Result<()> {
-    let l = config::load_on(config_path, device)?;
-    let spec = spec::parse(&l.cfg.sampler).with_context(|| format!("{}", config_path.display()))?;
-    let run = &l.cfg.run;
-    let out_dir = l.resolve(&run.out);
-    let t0 = Instant::now();
-    let (samples, first) = run_batched(&spec, &l, run.n, run.seed, run.batch, quiet)?;
-    let wall = t0.elapsed().as_secs_f64();
-    std::fs::create_dir_all(&out_dir)
-        .with_context(|| format!("{}: cannot create output folder", out_dir.display()))?;
-    diffpost::io::write_npy(&out_dir.join("samples.npy"), &samples)?;
-    // Fill in defaults that are resolved at run time (eta_1 of the schedule) so `params` lists
-    // every value used; the full schedule and step sizes are under `info`.
-    let mut params = serde_json::to_value(&spec)?;
-    if let Some(etas) = &first.info.etas {
-        fn fill(v: &mut serde_json::Value, eta_max: f64) {
-            if let Some(o) = v.as_object_mut() {
-                if o.get("eta_max").is_some_and(|e| e.is_null()) {
-                    o.insert("eta_max".into(), json!(eta_max));
-                }
-                for (_, c) in o.iter_mut() {
-                    fill(c, eta_max);
-                }
-            }
-        }
-        fill(&mut params, etas[0]);
-    }
-    let summary = json!({
-        "sampler": spec.name(),
-        "params": params,
-        "info": first.info,
-        "prior": {
-            "kind": l.cfg.prior.kind,
-            "path": l.cfg.prior.path,
-            "preset": l.cfg.prior.preset,
-            "timestep": matches!(l.cfg.prior.kind.as_str(), "guided-diffusion" | "diffusers-unet")
-                .then(|| l.cfg.prior.timestep.clone().unwrap_or_else(|| "interpolate".into())),
-            "sigma_range": l.prior.sigma_range(),
-            "image_shape": l.image_shape,
-            "device": format!("{device:?}"),
-            "perturb": l.perturbation,
-            "score_error_norms": l.error_norms,
-        },
-        "operator": l.op.name(),
-        "eta": l.eta,
-        "n": run.n,
-        "d": l.d,
-        "seed": run.seed,
-        "score_evals_per_sample": first.score_evals,
-        "wall_s": wall,
-    });
+/// Writes `samples.npy` and `summary.json` into `dir`.
+fn write_run(dir: &Path, samples: &Tensor, summary: &RunSummary) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create output folder", dir.display()))?;
+    diffpost::io::write_npy(&dir.join("samples.npy"), samples)?;
     diffpost::io::write_bytes(
-        &out_dir.join("summary.json"),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
+        &dir.join("summary.json"),
+        serde_json::to_string_pretty(summary)?.as_bytes(),
     )?;
-    if l.image_shape.is_some() {
-        let m = crate::image_out::write(&l, &samples, &out_dir)?;
-        if !quiet {
+    Ok(())
+}
+
+/// `diffpost sample`: the whole run, or shard `shard` of it; `out` overrides `[run] out`.
+pub fn sample(
+    config_path: &Path,
+    quiet: bool,
+    device: &Device,
+    shard: Option<&str>,
+    out: Option<&Path>,
+) -> Result<()> {
+    // Everything is parsed and validated before anything heavy is loaded.
+    let cfg = ProblemConfig::read(config_path)?;
+    let shard = shard.map(Shard::parse).transpose()?.unwrap_or(Shard::WHOLE);
+    let plan = RunPlan {
+        n: cfg.run.n,
+        seed: cfg.run.seed,
+        batch: cfg.run.batch,
+        shard,
+    };
+    plan.layout(&cfg.sampler)
+        .with_context(|| format!("{}: --shard", config_path.display()))?;
+    let out_dir = match out {
+        Some(o) => o.to_path_buf(),
+        None => cfg.resolve(&cfg.run.out),
+    };
+    if !quiet {
+        for w in &cfg.warnings {
+            eprintln!("warning: {}: {w}", config_path.display());
+        }
+    }
+    let l = cfg.load(device)?;
+    let ctx = RunContext::new(l.parts(), &cfg.sampler)
+        .with_context(|| format!("{}", config_path.display()))?;
+    let t0 = Instant::now();
+    let out = if quiet {
+        ctx.run(&plan, &NoProgress)?
+    } else {
+        let b = bar(cfg.sampler.name());
+        let o = ctx.run(&plan, &b);
+        b.0.finish_and_clear();
+        o?
+    };
+    let wall = t0.elapsed().as_secs_f64();
+    let mut summary = l.summary(&out, wall, device);
+    let image_metrics = match l.image_shape() {
+        Some(_) => Some(crate::image_out::write(&l, &out.samples, &out_dir)?),
+        None => None,
+    };
+    if image_metrics.is_some() {
+        summary
+            .extra
+            .insert("image_metrics".into(), json!("metrics.json"));
+    }
+    write_run(&out_dir, &out.samples, &summary)?;
+    if !quiet {
+        if let Some(m) = &image_metrics {
             eprintln!(
                 "posterior mean: PSNR {} SSIM {}; pseudo-inverse PSNR {}; grids in {}",
                 m["mean"]["quality"]["psnr"],
@@ -167,18 +112,49 @@ pub fn sample(config_path: &Path, quiet: bool, device: &candle_core::Device) -> 
                 out_dir.display()
             );
         }
-    }
-    if !quiet {
+        let shard_note = if shard.count > 1 {
+            format!(
+                " (shard {}/{}: samples {}..{})",
+                shard.index, shard.count, out.layout.sample_range[0], out.layout.sample_range[1]
+            )
+        } else {
+            String::new()
+        };
         eprintln!(
-            "{}: {} samples (d = {}) in {:.2} s, {} score evaluations per sample -> {}",
-            spec.name(),
-            run.n,
+            "{}: {} samples (d = {}) in {:.2} s, {} score evaluations per sample{} -> {}",
+            cfg.sampler.name(),
+            out.layout.sample_range[1] - out.layout.sample_range[0],
             l.d,
             wall,
-            first.score_evals,
+            summary.score_evals_per_sample,
+            shard_note,
             out_dir.display()
         );
     }
+    Ok(())
+}
+
+/// `diffpost merge`: checks that `dirs` are the shards of one run and writes the whole run.
+pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<()> {
+    let mut parts = Vec::with_capacity(dirs.len());
+    for d in dirs {
+        let sp = d.join("summary.json");
+        let text = std::fs::read_to_string(&sp)
+            .with_context(|| format!("{}: cannot read shard summary", sp.display()))?;
+        let s: RunSummary = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a diffpost summary", sp.display()))?;
+        let x = diffpost::io::read_array(&d.join("samples.npy"), "shard samples")?;
+        parts.push((s, x, d.display().to_string()));
+    }
+    let (summary, samples) = merge_shards(parts)?;
+    write_run(out, &samples, &summary)?;
+    println!(
+        "merged {} shards: {} samples (d = {}) -> {}",
+        dirs.len(),
+        summary.n,
+        summary.d,
+        out.display()
+    );
     Ok(())
 }
 
@@ -208,7 +184,7 @@ pub fn problem_gmm(d: usize, m: usize, k: usize, eta: f64, seed: u64, out: &Path
          [measurement]\ny = \"y.npy\"\neta = {eta:?}   # noise std per measurement, in the units of x\n\n\
          [sampler]\nkind = \"annealed\"   # {}\n\n\
          [run]\nn = 2000\nseed = 0\nout = \"out\"\n",
-        spec::KINDS
+        KINDS.join(" | ")
     );
     diffpost::io::write_bytes(&out.join("problem.toml"), toml.as_bytes())?;
     println!(
@@ -250,23 +226,25 @@ pub fn problem_denoise(d: usize, eta: f64, seed: u64, out: &Path) -> Result<()> 
 }
 
 pub fn measure(config_path: &Path, out: &Path) -> Result<()> {
-    let l = config::load(config_path)?;
-    let truth = l.truth.as_ref().ok_or_else(|| {
-        anyhow::anyhow!(
+    let cfg = ProblemConfig::read(config_path)?;
+    if cfg.measurement.truth.is_none() {
+        bail!(
             "{}: [measurement] needs `truth` (and optionally `index`, `noise_seed`) to simulate y",
             config_path.display()
-        )
-    })?;
+        );
+    }
+    let l = cfg.load(&Device::Cpu)?;
+    let truth = l.truth.as_ref().expect("simulated from truth");
     std::fs::create_dir_all(out)
         .with_context(|| format!("{}: cannot create folder", out.display()))?;
-    let y: Vec<f64> = l.y.to_vec1()?;
-    diffpost::io::write_npy(&out.join("y.npy"), &vec_tensor(&y)?)?;
+    diffpost::io::write_npy(&out.join("y.npy"), &vec_tensor(&l.y_vec)?)?;
     diffpost::io::write_npy(&out.join("x_true.npy"), &vec_tensor(truth)?)?;
-    if let Some(shape) = l.image_shape {
-        let pinv: Vec<f64> =
-            l.op.pseudo_inverse(&l.y.unsqueeze(0)?)?
-                .flatten_all()?
-                .to_vec1()?;
+    if let Some(shape) = l.image_shape() {
+        let pinv: Vec<f64> = l
+            .op
+            .pseudo_inverse(&l.y.unsqueeze(0)?)?
+            .flatten_all()?
+            .to_vec1()?;
         diffpost::imaging::save_grid(
             &out.join("measurement.png"),
             &[truth.clone(), pinv],
@@ -282,49 +260,16 @@ pub fn measure(config_path: &Path, out: &Path) -> Result<()> {
         l.op.out_dim(),
         l.eta,
         out.display(),
-        if l.image_shape.is_some() { ", measurement.png (truth | pseudo-inverse)" } else { "" }
+        if l.image_shape().is_some() { ", measurement.png (truth | pseudo-inverse)" } else { "" }
     );
     Ok(())
 }
 
-/// Exact reference and noise floors for samples of size `n`.
-pub fn reference(
-    post: &GaussianMixture,
-    n: usize,
-    n_ref: usize,
-) -> Result<(Reference, MetricFloors)> {
-    let d = post.dim();
-    let refs: Vec<f64> = post
-        .sample_exact(&mut SampleStreams::new(0x7265_6600, 0..n_ref as u64))?
-        .flatten_all()?
-        .to_vec1()?;
-    let mean: Vec<f64> = post.mean().iter().copied().collect();
-    let cov = post.covariance();
-    let covv: Vec<f64> = (0..d)
-        .flat_map(|r| (0..d).map(move |c| (r, c)))
-        .map(|(r, c)| cov[(r, c)])
-        .collect();
-    let reference = Reference::new(refs, d, mean, covv, 100, 0x6469_7273, 2000.min(n_ref))?;
-    let floors = noise_floor(
-        &reference,
-        |rep| {
-            Ok(post
-                .sample_exact(&mut SampleStreams::new(
-                    0x666c_6f6f + rep as u64,
-                    0..n as u64,
-                ))?
-                .flatten_all()?
-                .to_vec1()?)
-        },
-        10,
-    )?;
-    Ok((reference, floors))
-}
-
 pub fn eval(config_path: &Path, samples: &Path, n_ref: usize) -> Result<()> {
-    let l = config::load(config_path)?;
+    let cfg = ProblemConfig::read(config_path)?;
+    let l = cfg.load(&Device::Cpu)?;
     let x = diffpost::io::read_array(samples, "samples")?;
-    let gmm = l.gmm.as_ref().ok_or_else(|| anyhow::anyhow!("eval needs an analytic prior (gmm/isotropic) with an exact posterior; image priors report PSNR/SSIM in metrics.json"))?;
+    let gmm = l.prior.analytic.as_ref().ok_or_else(|| anyhow::anyhow!("eval needs an analytic prior (gmm/isotropic) with an exact posterior; image priors report PSNR/SSIM in metrics.json"))?;
     let d = l.d;
     let n = match x.dims() {
         [n, dd] if *dd == d => *n,
@@ -337,27 +282,44 @@ pub fn eval(config_path: &Path, samples: &Path, n_ref: usize) -> Result<()> {
         bail!("{}: need at least 2 samples", samples.display());
     }
     let post = gmm.posterior(l.op.as_ref(), &l.y_vec, l.eta)?;
-    let (reference, floors) = reference(&post, n, n_ref)?;
-    let xv: Vec<f64> = x.flatten_all()?.to_vec1()?;
+    let (reference, floors) = exact_reference(&post, n, n_ref)?;
+    let xv: Vec<f64> = x.flatten_all()?.to_dtype(candle_core::DType::F64)?.to_vec1()?;
     let m = reference.evaluate(&xv)?.with_floor(&floors);
     println!("{}", serde_json::to_string_pretty(&m)?);
     Ok(())
 }
 
+/// The demo's compressed-sensing instance (d = 20, m = 10, eta = 0.1, Gaussian prior).
+pub fn demo_instance() -> Result<diffpost::problem::Instance> {
+    Ok(diffpost::problem::random_gmm_instance(20, 10, 1, 0.1, 2024)?)
+}
+
+/// The demo's samplers: every method at its defaults.
+pub fn demo_specs() -> Vec<(&'static str, SamplerSpec)> {
+    vec![
+        ("exact", SamplerSpec::Exact(Default::default())),
+        ("annealed (Alg. 1)", SamplerSpec::Annealed(Default::default())),
+        ("ula", SamplerSpec::Ula(Default::default())),
+        ("mala", SamplerSpec::Mala(Default::default())),
+        ("dps", SamplerSpec::Dps(Default::default())),
+        ("daps", SamplerSpec::Daps(Default::default())),
+        ("ald", SamplerSpec::Ald(Default::default())),
+    ]
+}
+
 pub fn demo(n: usize) -> Result<()> {
     use diffpost::operator::Dense;
-    use diffpost::sampler::*;
     if n < 2 {
         bail!("--n must be >= 2");
     }
-    let (d, m, eta) = (20usize, 10usize, 0.1);
-    let inst = diffpost::problem::random_gmm_instance(d, m, 1, eta, 2024)?;
+    let inst = demo_instance()?;
+    let (d, m, eta) = (inst.a.ncols(), inst.a.nrows(), inst.eta);
     let op = Dense::new(inst.a.clone())?;
     let y = vec_tensor(inst.y.as_slice())?;
     let post = inst.prior.posterior(&op, inst.y.as_slice(), eta)?;
     println!("diffpost demo: compressed sensing, d = {d}, m = {m}, eta = {eta}, Gaussian (log-concave) prior, n = {n} samples each");
     let t = Instant::now();
-    let (reference, floors) = reference(&post, n, 20000)?;
+    let (reference, floors) = exact_reference(&post, n, 20000)?;
     println!(
         "exact reference: 20000 samples; noise floor over 10 exact sets of {n}: sliced W2 {:.4} ± {:.4}, MMD² {:.2e} ± {:.1e} ({:.1} s)\n",
         floors.sw2.floor_mean,
@@ -366,95 +328,29 @@ pub fn demo(n: usize) -> Result<()> {
         floors.mmd2.floor_sd,
         t.elapsed().as_secs_f64()
     );
-    let prior: &dyn Denoiser = &inst.prior;
-    let problem = Problem::new(prior, &op, &y, eta)?;
-    type Runner<'a> = Box<dyn Fn(&mut SampleStreams) -> diffpost::Result<Output> + Sync + 'a>;
-    let runners: Vec<(&str, Runner)> = vec![
-        (
-            "exact",
-            Box::new(|s: &mut SampleStreams| exact::sample(&post, s)),
-        ),
-        (
-            "annealed (Alg. 1)",
-            Box::new(|s: &mut SampleStreams| {
-                annealed::sample(
-                    &problem,
-                    Some(&inst.prior),
-                    &annealed::AnnealedConfig::default(),
-                    s,
-                    &Silent,
-                )
-            }),
-        ),
-        (
-            "ula",
-            Box::new(|s: &mut SampleStreams| {
-                ula::sample(
-                    &problem,
-                    Some(&inst.prior),
-                    &ula::UlaConfig::default(),
-                    s,
-                    &Silent,
-                )
-            }),
-        ),
-        (
-            "mala",
-            Box::new(|s: &mut SampleStreams| {
-                mala::sample(
-                    &problem,
-                    &inst.prior,
-                    Some(&inst.prior),
-                    &mala::MalaConfig::default(),
-                    s,
-                    &Silent,
-                )
-            }),
-        ),
-        (
-            "dps",
-            Box::new(|s: &mut SampleStreams| {
-                dps::sample(&problem, &dps::DpsConfig::default(), s, &Silent)
-            }),
-        ),
-        (
-            "daps",
-            Box::new(|s: &mut SampleStreams| {
-                daps::sample(&problem, &daps::DapsConfig::default(), s, &Silent)
-            }),
-        ),
-        (
-            "ald",
-            Box::new(|s: &mut SampleStreams| {
-                ald::sample(&problem, &ald::AldConfig::default(), s, &Silent)
-            }),
-        ),
-    ];
+    let parts = ProblemParts {
+        prior: &inst.prior as &dyn Denoiser,
+        analytic: Some(&inst.prior),
+        perturbed: false,
+        op: &op,
+        y: &y,
+        eta,
+    };
     println!(
         "{:<18} {:>12} {:>9} {:>10} {:>8} {:>11} {:>8}",
         "sampler", "score evals", "wall s", "sliced W2", "/floor", "MMD²", "z(MMD²)"
     );
-    let batch = n.div_ceil(2 * rayon::current_num_threads().max(1)).max(16);
-    for (name, f) in &runners {
+    for (name, spec) in demo_specs() {
         let t = Instant::now();
-        let outs: Vec<diffpost::Result<Output>> = SampleStreams::range(1, n)
-            .into_chunks(batch)
-            .into_par_iter()
-            .map(|mut s| f(&mut s))
-            .collect();
-        let outs: Vec<Output> = outs.into_iter().collect::<diffpost::Result<_>>()?;
+        let out = RunContext::new(parts, &spec)?.run(&RunPlan::new(n, 1), &NoProgress)?;
         let wall = t.elapsed().as_secs_f64();
-        let x = Tensor::cat(
-            &outs.iter().map(|o| o.samples.clone()).collect::<Vec<_>>(),
-            0,
-        )?;
         let met = reference
-            .evaluate(&x.flatten_all()?.to_vec1()?)?
+            .evaluate(&out.samples.flatten_all()?.to_vec1()?)?
             .with_floor(&floors);
         println!(
             "{:<18} {:>12} {:>9.2} {:>10.4} {:>8.2} {:>11.2e} {:>8.1}",
             name,
-            outs[0].score_evals,
+            out.diagnostics.score_evals_per_sample.max,
             wall,
             met.sw2.value,
             met.sw2.value / met.sw2.floor_mean,

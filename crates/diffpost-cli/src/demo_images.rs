@@ -13,9 +13,12 @@ use diffpost::imaging::save_grid;
 use diffpost::operator::image::ImageOperatorSpec;
 use diffpost::prior::Denoiser;
 use diffpost::rng::SampleStreams;
+use diffpost::run::{ProblemParts, RunContext};
 use diffpost::sampler::annealed::AnnealedConfig;
 use diffpost::sampler::local::LocalConfig;
-use diffpost::sampler::{dps, local, Problem, Silent, StepRule};
+use diffpost::sampler::settings::{LocalSpec, WarmStart};
+use diffpost::sampler::spec::SamplerSpec;
+use diffpost::sampler::{dps, Silent, StepRule};
 use serde_json::json;
 
 /// Finds a shipped file: as given, else relative to the repository this binary was built from.
@@ -38,6 +41,44 @@ fn mean_rows(x: &[Vec<f64>]) -> Vec<f64> {
         .collect()
 }
 
+/// The image problem `(prior, A, y, eta)` as a run sees it.
+pub fn parts<'a>(
+    prior: &'a dyn Denoiser,
+    op: &'a dyn diffpost::operator::LinearOperator,
+    y: &'a Tensor,
+    eta: f64,
+) -> ProblemParts<'a> {
+    ProblemParts {
+        prior,
+        analytic: None,
+        perturbed: false,
+        op,
+        y,
+        eta,
+    }
+}
+
+/// Algorithm 2 as the image demo and the trade-off run it: warm start `x0` (a DPS sample clipped
+/// to the data range) taken as a measurement with `sigma = 0.1`, chains started at `x0`, 5 stages
+/// of `steps_per_stage` steps, the prior score at 0.05 (the network's usable level).
+pub fn image_local_spec(steps_per_stage: usize, h_rel: f64, final_denoise: bool) -> SamplerSpec {
+    SamplerSpec::Local(LocalSpec {
+        local: LocalConfig {
+            sigma: 0.1,
+            start_at_x0: true,
+            annealed: AnnealedConfig {
+                stages: 5,
+                steps_per_stage,
+                step: StepRule::Relative { h_rel },
+                score_sigma: Some(0.05),
+                final_denoise,
+                ..Default::default()
+            },
+        },
+        warm_start: WarmStart::Dps(dps::DpsConfig::default()),
+    })
+}
+
 pub struct Opts {
     pub model: PathBuf,
     pub data: PathBuf,
@@ -55,7 +96,7 @@ pub fn run(o: &Opts) -> Result<()> {
             model_dir.display()
         );
     }
-    let prior = crate::train_cmd::load_model(&model_dir, &Device::Cpu)?;
+    let prior = diffpost::nn::model_folder::load(&model_dir, &Device::Cpu)?;
     let shape = prior.image_shape();
     let data = shipped(&o.data);
     let eta = 0.05;
@@ -94,49 +135,31 @@ pub fn run(o: &Opts) -> Result<()> {
         let (mut acc_pinv, mut acc_dps, mut acc_loc) = (vec![], vec![], vec![]);
         let mut grid = Vec::new();
         for idx in 0..o.count {
-            let truth = crate::config::read_truth(&data, Some(shape), prior.dim(), idx)
+            let truth = diffpost::config::read_truth(&data, Some(shape), prior.dim(), idx)
                 .with_context(|| format!("{}", data.display()))?;
-            let y = crate::config::simulate(op.as_ref(), &truth, eta, idx as u64)?;
+            let y = diffpost::config::simulate(op.as_ref(), &truth, eta, idx as u64)?;
             let yt = Tensor::from_vec(y, op.out_dim(), &Device::Cpu)?;
-            let problem = Problem::new(&prior, op.as_ref(), &yt, eta)?;
+            let parts = parts(&prior, op.as_ref(), &yt, eta);
             let pinv: Vec<f64> = op
                 .pseudo_inverse(&yt.unsqueeze(0)?)?
                 .flatten_all()?
                 .to_vec1()?;
             let t = Instant::now();
+            // DPS, then Algorithm 2 warm-started from each sample's own DPS output, continuing
+            // the same per-sample streams.
             let mut s = SampleStreams::new(1000 + idx as u64, 0..o.n as u64);
-            let d = dps::sample(
-                &problem,
-                &dps::DpsConfig {
-                    steps: o.dps_steps,
-                    ..Default::default()
-                },
-                &mut s,
-                &Silent,
-            )?;
+            let dps_spec = SamplerSpec::Dps(dps::DpsConfig {
+                steps: o.dps_steps,
+                ..Default::default()
+            });
+            let d = RunContext::new(parts, &dps_spec)?.sample_batch(&mut s, &Silent)?;
             let t_dps = t.elapsed().as_secs_f64();
             let t = Instant::now();
-            let cfg = LocalConfig {
-                sigma: 0.1,
-                start_at_x0: true,
-                annealed: AnnealedConfig {
-                    stages: 5,
-                    steps_per_stage: 20,
-                    step: StepRule::Relative { h_rel: 0.2 },
-                    score_sigma: Some(0.05),
-                    // The chains sample the posterior of p smoothed at 0.05; D(x, 0.05) at the end
-                    // removes that smoothing noise (see AnnealedConfig::final_denoise).
-                    final_denoise: true,
-                    ..Default::default()
-                },
-            };
-            let l = local::sample(
-                &problem,
-                &d.samples.clamp(-1.0, 1.0)?,
-                &cfg,
-                &mut s,
-                &Silent,
-            )?;
+            // The chains sample the posterior of p smoothed at 0.05; D(x, 0.05) at the end
+            // removes that smoothing noise (see AnnealedConfig::final_denoise).
+            let l = RunContext::new(parts, &image_local_spec(20, 0.2, true))?
+                .with_warm_start(d.samples.clamp(-1.0, 1.0)?)?
+                .sample_batch(&mut s, &Silent)?;
             let t_loc = t.elapsed().as_secs_f64() + t_dps;
             let dv: Vec<Vec<f64>> = d.samples.to_vec2()?;
             let lv: Vec<Vec<f64>> = l.samples.to_vec2()?;

@@ -10,7 +10,7 @@ use diffpost::image_metrics::{psnr, ssim};
 use diffpost::imaging::save_grid;
 use serde_json::{json, Value};
 
-use crate::config::Loaded;
+use diffpost::config::LoadedProblem as Loaded;
 
 /// Images live in [-1, 1]: the PSNR/SSIM data range is 2.
 const RANGE: f64 = 2.0;
@@ -46,7 +46,7 @@ pub fn residuals(l: &Loaded, x: &Tensor) -> Result<Vec<f64>> {
 
 /// Writes the grids and returns the metrics JSON (also written to `out/metrics.json`).
 pub fn write(l: &Loaded, samples: &Tensor, out: &Path) -> Result<Value> {
-    let shape = l.image_shape.expect("image run");
+    let shape = l.image_shape().expect("image run");
     let d = l.d;
     let n = samples.dims()[0];
     let rows: Vec<Vec<f64>> = samples.to_dtype(candle_core::DType::F64)?.to_vec2()?;

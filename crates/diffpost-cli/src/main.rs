@@ -3,12 +3,9 @@
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 mod commands;
-mod config;
 mod demo_images;
 mod image_out;
-mod pretrained;
 mod report;
-mod spec;
 mod tradeoff;
 mod train_cmd;
 
@@ -34,12 +31,28 @@ enum Cmd {
     Sample {
         #[arg(long)]
         config: PathBuf,
+        /// Run only shard K (0-based) of N contiguous shards of the run's populations, e.g. 0/4
+        /// (put them back together with `diffpost merge`).
+        #[arg(long, value_name = "K/N")]
+        shard: Option<String>,
+        /// Output folder (overrides `[run] out`).
+        #[arg(long)]
+        out: Option<PathBuf>,
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
         /// Where network priors run: cpu, cuda or cuda:N (CUDA needs `--features cuda`).
         #[arg(long, default_value = "cpu")]
         device: String,
+    },
+    /// Put the shards of a run (`sample --shard K/N`) back together: checks that they are the
+    /// same config and seed, none missing or repeated, and writes OUT/samples.npy, summary.json.
+    Merge {
+        /// The shard folders, in any order.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Write a random problem instance with a known exact posterior.
     Problem {
@@ -199,6 +212,28 @@ enum BenchKind {
     },
 }
 
+/// `cpu` or `cuda[:N]` (the latter needs a build with `--features cuda`).
+fn parse_device(s: &str) -> Result<candle_core::Device> {
+    use anyhow::{anyhow, bail};
+    match s {
+        "cpu" => Ok(candle_core::Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal: usize = s
+                .strip_prefix("cuda:")
+                .map(|n| n.parse())
+                .transpose()
+                .map_err(|_| anyhow!("--device {s}: expected cuda or cuda:N"))?
+                .unwrap_or(0);
+            candle_core::Device::new_cuda(ordinal).map_err(|e| {
+                anyhow!(
+                    "--device {s}: {e} (CUDA needs a build with `--features cuda` and an NVIDIA GPU)"
+                )
+            })
+        }
+        other => bail!("--device {other}: expected cpu, cuda or cuda:N"),
+    }
+}
+
 fn main() {
     // candle's elementwise thread pool spin-waits; we parallelise over sample batches instead.
     diffpost::sysalloc::quiet_candle_pool();
@@ -208,9 +243,14 @@ fn main() {
     let res: Result<()> = match cli.cmd {
         Cmd::Sample {
             config,
+            shard,
+            out,
             quiet,
             device,
-        } => pretrained::parse_device(&device).and_then(|d| commands::sample(&config, quiet, &d)),
+        } => parse_device(&device).and_then(|d| {
+            commands::sample(&config, quiet, &d, shard.as_deref(), out.as_deref())
+        }),
+        Cmd::Merge { dirs, out } => commands::merge(&dirs, &out),
         Cmd::Problem {
             kind:
                 ProblemKind::Gmm {

@@ -14,7 +14,7 @@ use serde_json::json;
 
 pub fn run(model: &Path, data: &Path, out: &Path, n: usize, steps: usize) -> Result<()> {
     let model = crate::demo_images::shipped(model);
-    let prior = crate::train_cmd::load_model(&model, &Device::Cpu)?;
+    let prior = diffpost::nn::model_folder::load(&model, &Device::Cpu)?;
     let shape = prior.image_shape();
     std::fs::create_dir_all(out)?;
     let (smin, smax) = prior.sigma_range();

@@ -12,9 +12,9 @@ use diffpost::metrics::{random_directions, sliced_w2};
 use diffpost::operator::image::ImageOperatorSpec;
 use diffpost::prior::Denoiser;
 use diffpost::rng::SampleStreams;
-use diffpost::sampler::annealed::AnnealedConfig;
-use diffpost::sampler::local::LocalConfig;
-use diffpost::sampler::{dps, local, Problem, Silent, StepRule};
+use diffpost::run::RunContext;
+use diffpost::sampler::spec::SamplerSpec;
+use diffpost::sampler::{dps, Silent};
 use plotters::prelude::*;
 use rayon::prelude::*;
 use serde_json::json;
@@ -37,7 +37,7 @@ pub fn run(o: &Opts) -> Result<()> {
         anyhow::bail!("--h-rel must be finite and > 0, got {}", o.h_rel);
     }
     let model = crate::demo_images::shipped(o.model);
-    let prior = crate::train_cmd::load_model(&model, &Device::Cpu)?;
+    let prior = diffpost::nn::model_folder::load(&model, &Device::Cpu)?;
     let shape = prior.image_shape();
     let d = prior.dim();
     let data = crate::demo_images::shipped(o.data);
@@ -60,20 +60,19 @@ pub fn run(o: &Opts) -> Result<()> {
         .iter()
         .enumerate()
         .map(|(i, t)| -> Result<Tensor> {
-            let y = crate::config::simulate(op.as_ref(), t, eta, i as u64)?;
+            let y = diffpost::config::simulate(op.as_ref(), t, eta, i as u64)?;
             Ok(Tensor::from_vec(y, op.out_dim(), &Device::Cpu)?)
         })
         .collect::<Result<_>>()?;
     let x0s: Vec<Tensor> = (0..k)
         .into_par_iter()
         .map(|i| -> Result<Tensor> {
-            let p = Problem::new(&prior, op.as_ref(), &problems[i], eta)?;
-            let s = dps::sample(
-                &p,
-                &dps::DpsConfig {
-                    steps: o.dps_steps,
-                    ..Default::default()
-                },
+            let parts = crate::demo_images::parts(&prior, op.as_ref(), &problems[i], eta);
+            let spec = SamplerSpec::Dps(dps::DpsConfig {
+                steps: o.dps_steps,
+                ..Default::default()
+            });
+            let s = RunContext::new(parts, &spec)?.sample_batch(
                 &mut SampleStreams::new(500 + 1000 * o.seed, [i as u64]),
                 &Silent,
             )?;
@@ -88,26 +87,14 @@ pub fn run(o: &Opts) -> Result<()> {
                 if m == 0 {
                     return Ok((x0s[i].flatten_all()?.to_vec1::<f64>()?, 0.0));
                 }
-                let p = Problem::new(&prior, op.as_ref(), &problems[i], eta)?;
-                let cfg = LocalConfig {
-                    sigma: 0.1,
-                    start_at_x0: true,
-                    annealed: AnnealedConfig {
-                        stages: 5,
-                        steps_per_stage: m,
-                        step: StepRule::Relative { h_rel: o.h_rel },
-                        score_sigma: Some(0.05),
-                        final_denoise: o.final_denoise,
-                        ..Default::default()
-                    },
-                };
-                let out = local::sample(
-                    &p,
-                    &x0s[i],
-                    &cfg,
-                    &mut SampleStreams::new(900 + 1000 * o.seed, [i as u64]),
-                    &Silent,
-                )?;
+                let parts = crate::demo_images::parts(&prior, op.as_ref(), &problems[i], eta);
+                let spec = crate::demo_images::image_local_spec(m, o.h_rel, o.final_denoise);
+                let out = RunContext::new(parts, &spec)?
+                    .with_warm_start(x0s[i].clone())?
+                    .sample_batch(
+                        &mut SampleStreams::new(900 + 1000 * o.seed, [i as u64]),
+                        &Silent,
+                    )?;
                 let time = out
                     .info
                     .steps

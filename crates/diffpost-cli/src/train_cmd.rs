@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Device;
-use diffpost::nn::{self, EdmDenoiser, TrainConfig, Trainer, UNetConfig};
+use diffpost::nn::model_folder::ModelFile;
+use diffpost::nn::{self, TrainConfig, Trainer, UNetConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
@@ -20,15 +21,6 @@ pub struct TrainFile {
     pub model: Option<toml::Table>,
     #[serde(default)]
     pub train: Option<toml::Table>,
-}
-
-/// `model/config.json`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct ModelFile {
-    pub model: UNetConfig,
-    pub train: TrainConfig,
-    pub sigma_min: f64,
-    pub sigma_max: f64,
 }
 
 fn strict<T: serde::de::DeserializeOwned + Serialize + Default>(
@@ -51,26 +43,6 @@ fn strict<T: serde::de::DeserializeOwned + Serialize + Default>(
     toml::Value::Table(t.clone())
         .try_into()
         .map_err(|e| anyhow!("{}: [{section}] {e}", file.display()))
-}
-
-/// Reads a model folder's config.
-pub fn read_model_file(dir: &Path) -> Result<ModelFile> {
-    let p = dir.join("config.json");
-    let text = std::fs::read_to_string(&p)
-        .with_context(|| format!("{}: cannot read model config", p.display()))?;
-    serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", p.display()))
-}
-
-/// Loads a trained model folder as a denoiser.
-pub fn load_model(dir: &Path, device: &Device) -> Result<EdmDenoiser> {
-    let mf = read_model_file(dir)?;
-    Ok(EdmDenoiser::from_safetensors(
-        mf.model,
-        &dir.join(nn::train::WEIGHTS_FILE),
-        device,
-        mf.sigma_min,
-        mf.sigma_max,
-    )?)
 }
 
 pub fn train(
@@ -132,7 +104,7 @@ pub fn train(
     let ckpt = out.join(nn::train::CHECKPOINT_FILE);
     let mut trainer = Trainer::new(model.clone(), train.clone(), &images, &device)?;
     if ckpt.exists() && !fresh {
-        let old = read_model_file(out)?;
+        let old = ModelFile::read(out)?;
         if old.model != model
             || old.train.seed != train.seed
             || old.train.batch_size != train.batch_size
@@ -151,10 +123,7 @@ pub fn train(
             );
         }
     }
-    diffpost::io::write_bytes(
-        &out.join("config.json"),
-        serde_json::to_string_pretty(&mf)?.as_bytes(),
-    )?;
+    mf.write(out)?;
     if !quiet {
         eprintln!(
             "training a {}-parameter UNet on {} images {:?} for {} steps (batch {})",

@@ -21,6 +21,13 @@ pub enum Error {
     /// A file could not be read or had bad content.
     #[error("{}: {reason}", path.display())]
     File { path: PathBuf, reason: String },
+    /// A config file's field is missing, unknown or out of range.
+    #[error("{}: [{field}] {reason}", file.display())]
+    Config {
+        file: PathBuf,
+        field: String,
+        reason: String,
+    },
     /// A sampler diverged (NaN or blow-up).
     #[error("{sampler} diverged at stage {stage}, step {step}: {reason}")]
     Diverged {

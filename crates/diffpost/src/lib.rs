@@ -6,6 +6,7 @@
 // `!(x > 0.0)` is deliberate throughout: it also rejects NaN.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod schedule;
@@ -19,5 +20,6 @@ pub mod operator;
 pub mod prior;
 pub mod problem;
 pub mod rng;
+pub mod run;
 pub mod sampler;
 pub mod sysalloc;

@@ -777,3 +777,38 @@ mod tests {
         assert!((got - expect).abs() < 1e-12, "{got} vs {expect}");
     }
 }
+
+/// The exact reference of `posterior` (`n_ref` draws, its mean and covariance) and the noise
+/// floors of every metric for sample sets of size `n` (10 fresh exact sets). Fixed seeds, so
+/// `diffpost eval`, the demo and the benchmarks compare against the same reference.
+pub fn exact_reference(
+    posterior: &crate::prior::GaussianMixture,
+    n: usize,
+    n_ref: usize,
+) -> Result<(Reference, MetricFloors)> {
+    use crate::prior::{Denoiser, ExactSample};
+    use crate::rng::SampleStreams;
+    let d = posterior.dim();
+    let refs: Vec<f64> = posterior
+        .sample_exact(&mut SampleStreams::new(0x7265_6600, 0..n_ref as u64))?
+        .flatten_all()?
+        .to_vec1()?;
+    let mean: Vec<f64> = posterior.mean().iter().copied().collect();
+    let cov = posterior.covariance();
+    let covv: Vec<f64> = (0..d)
+        .flat_map(|r| (0..d).map(move |c| (r, c)))
+        .map(|(r, c)| cov[(r, c)])
+        .collect();
+    let reference = Reference::new(refs, d, mean, covv, 100, 0x6469_7273, 2000.min(n_ref))?;
+    let floors = noise_floor(
+        &reference,
+        |rep| {
+            Ok(posterior
+                .sample_exact(&mut SampleStreams::new(0x666c_6f6f + rep as u64, 0..n as u64))?
+                .flatten_all()?
+                .to_vec1()?)
+        },
+        10,
+    )?;
+    Ok((reference, floors))
+}

@@ -7,6 +7,7 @@ pub mod diffusers_unet;
 pub mod edm;
 pub mod guided;
 pub mod kernels;
+pub mod model_folder;
 pub(crate) mod layers;
 pub mod params;
 pub mod pretrained;

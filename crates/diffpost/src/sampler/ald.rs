@@ -5,10 +5,10 @@
 //! stable form of the paper's `eps sigma_i^2 / sigma_L^2` rule (the drift's Lipschitz constant at
 //! level i).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
-    check_finite, operator_norm, prior_lipschitz, Counted, Info, Monitor, Output, Problem,
+    check_finite, prior_lipschitz, Counted, Info, Monitor, Output, Problem,
 };
 use crate::prior::Denoiser;
 use crate::rng::SampleStreams;
@@ -16,12 +16,15 @@ use crate::schedule::sigma_geometric;
 use crate::{Error, Result};
 
 /// ALD settings.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct AldConfig {
     /// Number of noise levels (default 50).
-    pub levels: usize,
+    #[serde(alias = "levels")]
+    pub stages: usize,
     /// Langevin steps per level (default 40).
-    pub steps_per_level: usize,
+    #[serde(alias = "steps_per_level")]
+    pub steps_per_stage: usize,
     pub h_rel: f64,
     pub sigma_max: Option<f64>,
     /// Default `max(prior sigma_min, 1e-3 eta)`.
@@ -32,13 +35,26 @@ pub struct AldConfig {
 impl Default for AldConfig {
     fn default() -> Self {
         Self {
-            levels: 50,
-            steps_per_level: 40,
+            stages: 50,
+            steps_per_stage: 40,
             h_rel: 0.2,
             sigma_max: None,
             sigma_min: None,
             l_prior: None,
         }
+    }
+}
+
+impl AldConfig {
+    /// Range checks that need no problem.
+    pub fn validate(&self) -> Result<()> {
+        if self.stages < 2 || self.steps_per_stage < 1 || !(self.h_rel > 0.0) || !self.h_rel.is_finite() {
+            return Err(Error::param(
+                "sampler",
+                "ALD needs stages >= 2, steps_per_stage >= 1, h_rel > 0",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -49,21 +65,21 @@ pub fn sample(
     streams: &mut SampleStreams,
     mon: &dyn Monitor,
 ) -> Result<Output> {
-    if cfg.levels < 2 || cfg.steps_per_level < 1 || !(cfg.h_rel > 0.0) {
+    if cfg.stages < 2 || cfg.steps_per_stage < 1 || !(cfg.h_rel > 0.0) {
         return Err(Error::param(
             "sampler",
-            "ALD needs levels >= 2, steps_per_level >= 1, h_rel > 0",
+            "ALD needs stages >= 2, steps_per_stage >= 1, h_rel > 0",
         ));
     }
     let prior = Counted::new(problem.prior);
     let (smax, smin) = problem.sigma_levels(cfg.sigma_max, cfg.sigma_min);
-    let sig = sigma_geometric(smax, smin, cfg.levels)?;
+    let sig = sigma_geometric(smax, smin, cfg.stages)?;
     let l = prior_lipschitz(problem.prior, cfg.l_prior)?;
-    let a = operator_norm(problem.op)?;
+    let a = problem.a_norm()?;
     let shape = problem.prior.sample_shape();
     let z = streams.randn(&shape, &problem.device())?;
     let mut x = problem.prior.diffusion_start(&z, sig[0])?;
-    let total = (cfg.levels * cfg.steps_per_level) as u64;
+    let total = (cfg.stages * cfg.steps_per_stage) as u64;
     let mut hs = Vec::with_capacity(sig.len());
     for (i, &s) in sig.iter().enumerate() {
         let ew = problem.eta * problem.eta + s * s;
@@ -74,14 +90,14 @@ pub fn sample(
         };
         let h = cfg.h_rel / (li + a * a / ew);
         hs.push(h);
-        for k in 0..cfg.steps_per_level {
+        for k in 0..cfg.steps_per_stage {
             let drift =
                 (prior.score(&x, s)? + problem.likelihood_grad(&x, &problem.y, ew.sqrt())?)?;
             let z = streams.randn(&shape, x.device())?;
             x = ((&x + (drift * h)?)? + (z * (2.0 * h).sqrt())?)?;
-            mon.on_step((i * cfg.steps_per_level + k + 1) as u64, total);
+            mon.on_step((i * cfg.steps_per_stage + k + 1) as u64, total);
         }
-        check_finite(&x, "ald", i + 1, cfg.steps_per_level)?;
+        check_finite(&x, "ald", i + 1, cfg.steps_per_stage)?;
     }
     Ok(Output {
         samples: x,

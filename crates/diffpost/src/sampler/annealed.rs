@@ -9,18 +9,18 @@
 //! 4. Output `X_N`.
 
 use candle_core::Tensor;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::diffusion::DiffusionConfig;
 use super::ula::{initialise, langevin, Init};
-use super::{operator_norm, Counted, Info, Monitor, Output, Problem, StepRule};
+use super::{Counted, Info, Monitor, Output, Problem, StepRule};
 use crate::prior::{Denoiser, ExactSample};
 use crate::rng::SampleStreams;
 use crate::schedule::{eta_admissible, eta_geometric, AdmissibleParams};
 use crate::{Error, Result};
 
 /// The eta annealing schedule.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum EtaSchedule {
     /// `stages` geometric levels from `eta_max` to `eta` (`eta_i <= sqrt(2) eta_{i+1}` enforced).
@@ -32,7 +32,11 @@ pub enum EtaSchedule {
 /// Algorithm 1 settings. Defaults (justified in docs/algorithms.md): 20 stages, geometric from
 /// `eta_max = eta * min(100, 2^((stages-1)/2))`, 400 steps per stage, `h_rel = 0.2`, diffusion start
 /// of 500 reverse-SDE steps: 8,100 score evaluations per sample.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    try_from = "super::settings::AnnealedSettings",
+    into = "super::settings::AnnealedSettings"
+)]
 pub struct AnnealedConfig {
     /// `N`, the number of eta levels (N - 1 Langevin runs).
     pub stages: usize,
@@ -72,6 +76,29 @@ impl Default for AnnealedConfig {
 }
 
 impl AnnealedConfig {
+    /// Range checks that need no problem (run before anything heavy is loaded).
+    pub fn validate(&self) -> Result<()> {
+        self.step.validate()?;
+        if self.steps_per_stage == 0 {
+            return Err(Error::param("sampler.steps_per_stage", "must be >= 1"));
+        }
+        if matches!(self.schedule, EtaSchedule::Geometric) && self.stages < 2 {
+            return Err(Error::param(
+                "sampler.stages",
+                format!("need at least 2, got {}", self.stages),
+            ));
+        }
+        if let Some(e) = self.eta_max {
+            if !(e > 0.0) || !e.is_finite() {
+                return Err(Error::param("sampler.eta_max", format!("must be > 0, got {e}")));
+            }
+        }
+        if let Init::Diffusion(c) = &self.init {
+            c.validate("init_steps")?;
+        }
+        Ok(())
+    }
+
     /// The eta levels `eta_1 > ... > eta_N = eta`.
     pub fn etas(&self, eta: f64, a_norm: f64, d: usize, m: usize) -> Result<Vec<f64>> {
         match &self.schedule {
@@ -100,7 +127,7 @@ pub fn sample(
     streams: &mut SampleStreams,
     mon: &dyn Monitor,
 ) -> Result<Output> {
-    let a = operator_norm(problem.op)?;
+    let a = problem.a_norm()?;
     let l = match cfg.step {
         StepRule::Fixed { .. } => 0.0,
         _ => super::prior_lipschitz_at(

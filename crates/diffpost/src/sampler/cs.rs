@@ -4,16 +4,16 @@
 //! `(x0', sigma)`. Under local log-concavity the error is at most `2r` when any algorithm achieves `r`.
 
 use candle_core::{DType, Tensor};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::local::{self, LocalConfig};
-use super::{operator_norm, Monitor, Output, Problem};
+use super::{Monitor, Output, Problem};
 use crate::operator::{cg_least_squares, LinearOperator};
 use crate::rng::SampleStreams;
 use crate::{Error, Result};
 
 /// The naive estimator of step 1.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Estimator {
     /// `argmin 0.5 |A x - y|^2 + lambda |x|_1` by FISTA (Beck & Teboulle 2009); default
@@ -24,7 +24,11 @@ pub enum Estimator {
 }
 
 /// Algorithm 3 settings.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    try_from = "super::settings::CsSettings",
+    into = "super::settings::CsSettings"
+)]
 pub struct CsConfig {
     pub estimator: Estimator,
     /// `R`, the estimator's error bound; default `sqrt(d) * sigma_max_hint / 50` (the prior's spread).
@@ -35,12 +39,66 @@ pub struct CsConfig {
     pub local: LocalConfig,
 }
 
+impl Default for CsConfig {
+    fn default() -> Self {
+        Self {
+            estimator: Estimator::Lasso {
+                lambda: None,
+                iters: 500,
+            },
+            radius: None,
+            delta: 1.0,
+            local: LocalConfig {
+                sigma: 1.0,
+                start_at_x0: false,
+                annealed: Default::default(),
+            },
+        }
+    }
+}
+
+impl CsConfig {
+    /// Range checks that need no problem.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.delta > 0.0) || !self.delta.is_finite() {
+            return Err(Error::param("sampler.delta", format!("must be > 0, got {}", self.delta)));
+        }
+        if let Some(r) = self.radius {
+            if !(r > 0.0) || !r.is_finite() {
+                return Err(Error::param("sampler.radius", format!("must be > 0, got {r}")));
+            }
+        }
+        match self.estimator {
+            Estimator::Lasso { lambda, iters } => {
+                if let Some(l) = lambda {
+                    if !(l >= 0.0) || !l.is_finite() {
+                        return Err(Error::param("sampler.lambda", format!("must be >= 0, got {l}")));
+                    }
+                }
+                if iters == 0 {
+                    return Err(Error::param("sampler.estimator_iters", "must be >= 1"));
+                }
+            }
+            Estimator::LeastSquares { iters } => {
+                if iters == 0 {
+                    return Err(Error::param("sampler.estimator_iters", "must be >= 1"));
+                }
+            }
+        }
+        self.local.annealed.validate()
+    }
+}
+
 /// FISTA for the LASSO on every row of `y: [B, m]`.
-pub fn fista(op: &dyn LinearOperator, y: &Tensor, lambda: f64, iters: usize) -> Result<Tensor> {
-    let l = {
-        let a = crate::operator::op_norm(op, 300, 1)?;
-        a * a
-    };
+/// `a_norm` is `||A||` (the gradient's Lipschitz constant is its square).
+pub fn fista(
+    op: &dyn LinearOperator,
+    y: &Tensor,
+    lambda: f64,
+    iters: usize,
+    a_norm: f64,
+) -> Result<Tensor> {
+    let l = a_norm * a_norm;
     if l == 0.0 {
         return Err(Error::param("operator", "zero operator"));
     }
@@ -66,10 +124,10 @@ pub fn fista(op: &dyn LinearOperator, y: &Tensor, lambda: f64, iters: usize) -> 
 pub fn estimate(problem: &Problem, est: &Estimator) -> Result<Tensor> {
     match est {
         Estimator::Lasso { lambda, iters } => {
-            let a = operator_norm(problem.op)?;
+            let a = problem.a_norm()?;
             let lam = lambda
                 .unwrap_or(problem.eta * (2.0 * (problem.prior.dim() as f64).ln()).sqrt() * a);
-            fista(problem.op, &problem.y, lam, *iters)
+            fista(problem.op, &problem.y, lam, *iters, a)
         }
         Estimator::LeastSquares { iters } => {
             cg_least_squares(problem.op, &problem.y, None, 0.0, *iters, 1e-10)

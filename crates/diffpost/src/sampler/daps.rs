@@ -4,25 +4,29 @@
 //! then re-noise `x_{t} = x0 + sigma_{i+1} z`. The output is the last `x0`.
 
 use candle_core::Tensor;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::{check_finite, operator_norm, Counted, Info, Monitor, Output, Problem};
+use super::{check_finite, Counted, Info, Monitor, Output, Problem};
 use crate::prior::Denoiser;
 use crate::rng::SampleStreams;
 use crate::schedule::{append_zero, sigma_karras};
 use crate::{Error, Result};
 
 /// DAPS settings.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct DapsConfig {
     /// Annealing levels (default 100).
-    pub annealing_steps: usize,
+    #[serde(alias = "annealing_steps")]
+    pub stages: usize,
     /// Euler steps of the ODE solve per level (default 5; one evaluation each).
     pub ode_steps: usize,
     /// Langevin steps on `x0` per level (default 50; no score evaluations).
-    pub langevin_steps: usize,
-    /// Langevin step `h = lr_rel / (1/r^2 + ||A||^2/eta^2)` (default 0.2).
-    pub lr_rel: f64,
+    #[serde(alias = "langevin_steps")]
+    pub steps_per_stage: usize,
+    /// Langevin step `h = h_rel / (1/r^2 + ||A||^2/eta^2)` (default 0.2).
+    #[serde(alias = "lr_rel")]
+    pub h_rel: f64,
     pub sigma_max: Option<f64>,
     /// Default `max(prior sigma_min, 1e-3 eta)`.
     pub sigma_min: Option<f64>,
@@ -32,10 +36,10 @@ pub struct DapsConfig {
 impl Default for DapsConfig {
     fn default() -> Self {
         Self {
-            annealing_steps: 100,
+            stages: 100,
             ode_steps: 5,
-            langevin_steps: 50,
-            lr_rel: 0.2,
+            steps_per_stage: 50,
+            h_rel: 0.2,
             sigma_max: None,
             sigma_min: None,
             rho: 7.0,
@@ -63,6 +67,22 @@ fn ode_x0(
     Ok(x)
 }
 
+impl DapsConfig {
+    /// Range checks that need no problem.
+    pub fn validate(&self) -> Result<()> {
+        if self.stages < 2 || self.ode_steps < 1 || !(self.h_rel > 0.0) || !self.h_rel.is_finite() {
+            return Err(Error::param(
+                "sampler",
+                "DAPS needs stages >= 2, ode_steps >= 1, h_rel > 0",
+            ));
+        }
+        if !(self.rho > 0.0) {
+            return Err(Error::param("sampler.rho", "must be > 0"));
+        }
+        Ok(())
+    }
+}
+
 /// Runs DAPS.
 pub fn sample(
     problem: &Problem,
@@ -70,34 +90,34 @@ pub fn sample(
     streams: &mut SampleStreams,
     mon: &dyn Monitor,
 ) -> Result<Output> {
-    if cfg.annealing_steps < 2 || cfg.ode_steps < 1 || !(cfg.lr_rel > 0.0) {
+    if cfg.stages < 2 || cfg.ode_steps < 1 || !(cfg.h_rel > 0.0) {
         return Err(Error::param(
             "sampler",
-            "DAPS needs annealing_steps >= 2, ode_steps >= 1, lr_rel > 0",
+            "DAPS needs stages >= 2, ode_steps >= 1, h_rel > 0",
         ));
     }
     let prior = Counted::new(problem.prior);
     let (smax, smin) = problem.sigma_levels(cfg.sigma_max, cfg.sigma_min);
-    let sig = sigma_karras(smax, smin, cfg.annealing_steps, cfg.rho)?;
-    let a = operator_norm(problem.op)?;
+    let sig = sigma_karras(smax, smin, cfg.stages, cfg.rho)?;
+    let a = problem.a_norm()?;
     let e2 = problem.eta * problem.eta;
     let shape = problem.prior.sample_shape();
     let z = streams.randn(&shape, &problem.device())?;
     let mut x = problem.prior.diffusion_start(&z, sig[0])?;
     let mut x0 = x.clone();
-    let total = (cfg.annealing_steps * cfg.ode_steps) as u64;
+    let total = (cfg.stages * cfg.ode_steps) as u64;
     for (i, &s) in sig.iter().enumerate() {
         let x0_hat = ode_x0(&prior, &x, s, smin, cfg.ode_steps, cfg.rho)?;
         let r2 = s * s;
-        let h = cfg.lr_rel / (1.0 / r2 + a * a / e2);
+        let h = cfg.h_rel / (1.0 / r2 + a * a / e2);
         x0 = x0_hat.clone();
-        for _ in 0..cfg.langevin_steps {
+        for _ in 0..cfg.steps_per_stage {
             let g = (((&x0_hat - &x0)? / r2)?
                 + problem.likelihood_grad(&x0, &problem.y, problem.eta)?)?;
             let z = streams.randn(&shape, x.device())?;
             x0 = ((&x0 + (g * h)?)? + (z * (2.0 * h).sqrt())?)?;
         }
-        check_finite(&x0, "daps", i + 1, cfg.langevin_steps)?;
+        check_finite(&x0, "daps", i + 1, cfg.steps_per_stage)?;
         if i + 1 < sig.len() {
             let z = streams.randn(&shape, x.device())?;
             x = (&x0 + (z * sig[i + 1])?)?;

@@ -9,7 +9,7 @@
 //! Both use the EDM sigma schedule (rho = 7) from `sigma_max` to `sigma_min`.
 
 use candle_core::Tensor;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{check_finite, Counted, Info, Monitor, Output};
 use crate::prior::Denoiser;
@@ -18,7 +18,7 @@ use crate::schedule::sigma_karras;
 use crate::{Error, Result};
 
 /// Reverse SDE or probability-flow ODE.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
     /// Reverse VE SDE, Euler–Maruyama: `steps` score evaluations.
@@ -28,8 +28,10 @@ pub enum Method {
 }
 
 /// Settings of unconditional diffusion sampling.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct DiffusionConfig {
+    #[serde(rename = "init_method")]
     pub method: Method,
     /// Number of sigma levels (default 500).
     pub steps: usize,
@@ -54,6 +56,27 @@ impl Default for DiffusionConfig {
 }
 
 impl DiffusionConfig {
+    /// Range checks that need no prior; `steps_key` names the steps field in errors.
+    pub fn validate(&self, steps_key: &str) -> Result<()> {
+        if self.steps < 2 {
+            return Err(Error::param(
+                format!("sampler.{steps_key}"),
+                format!("diffusion needs at least 2 steps, got {}", self.steps),
+            ));
+        }
+        for (k, v) in [("sigma_max", self.sigma_max), ("sigma_min", self.sigma_min)] {
+            if let Some(v) = v {
+                if !(v > 0.0) || !v.is_finite() {
+                    return Err(Error::param(format!("sampler.{k}"), format!("must be > 0, got {v}")));
+                }
+            }
+        }
+        if !(self.rho > 0.0) || !self.rho.is_finite() {
+            return Err(Error::param("sampler.rho", format!("must be > 0, got {}", self.rho)));
+        }
+        Ok(())
+    }
+
     /// Resolves the sigma range against a prior (clamped to the prior's trained range, as EDM does).
     pub fn sigmas(&self, prior: &dyn Denoiser) -> Result<Vec<f64>> {
         if self.steps < 2 {

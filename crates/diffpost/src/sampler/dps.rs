@@ -7,7 +7,7 @@
 //! (2 score evaluations).
 
 use candle_core::{Var, D};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{check_finite, Counted, Info, Monitor, Output, Problem};
 use crate::prior::Denoiser;
@@ -15,7 +15,8 @@ use crate::rng::SampleStreams;
 use crate::{Error, Result};
 
 /// DPS settings.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct DpsConfig {
     /// Number of reverse steps (default 1000; fewer respace the 1000 training steps evenly).
     pub steps: usize,
@@ -36,6 +37,28 @@ impl Default for DpsConfig {
             beta_end: 0.02,
             train_steps: 1000,
         }
+    }
+}
+
+impl DpsConfig {
+    /// Range checks that need no problem.
+    pub fn validate(&self) -> Result<()> {
+        if self.steps < 1 || self.steps > self.train_steps {
+            return Err(Error::param(
+                "sampler.steps",
+                format!("need 1 <= steps <= {}, got {}", self.train_steps, self.steps),
+            ));
+        }
+        if !(self.zeta >= 0.0) || !self.zeta.is_finite() {
+            return Err(Error::param("sampler.zeta", format!("must be >= 0, got {}", self.zeta)));
+        }
+        if !(self.beta_start > 0.0 && self.beta_start <= self.beta_end && self.beta_end < 1.0) {
+            return Err(Error::param(
+                "sampler.beta_start",
+                "need 0 < beta_start <= beta_end < 1",
+            ));
+        }
+        Ok(())
     }
 }
 

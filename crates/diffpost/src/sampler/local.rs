@@ -8,13 +8,13 @@ use candle_core::Tensor;
 use serde::Serialize;
 
 use super::annealed::{sample_with, AnnealedConfig};
-use super::{operator_norm, Monitor, Output, Problem, StepRule};
+use super::{Monitor, Output, Problem, StepRule};
 use crate::prior::{Denoiser, GaussianTilted};
 use crate::rng::SampleStreams;
 use crate::{Error, Result};
 
 /// Algorithm 2 settings.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LocalConfig {
     /// Noise level `sigma` of the warm start, in the units of x.
     pub sigma: f64,
@@ -41,7 +41,7 @@ pub fn sample(
             x0.dims(),
         ));
     }
-    let a = operator_norm(problem.op)?;
+    let a = problem.a_norm()?;
     let l = match cfg.annealed.step {
         StepRule::Fixed { .. } => 0.0,
         _ => {
@@ -50,12 +50,7 @@ pub fn sample(
                 + 1.0 / (cfg.sigma * cfg.sigma)
         }
     };
-    let local = Problem {
-        prior: &tilted as &dyn Denoiser,
-        op: problem.op,
-        y: problem.y.clone(),
-        eta: problem.eta,
-    };
+    let local = problem.with_prior(&tilted as &dyn Denoiser);
     let start = if cfg.start_at_x0 { Some(x0) } else { None };
     sample_with(
         &local,

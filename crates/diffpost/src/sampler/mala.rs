@@ -4,18 +4,22 @@
 //! `min(1, pi(x') q(x|x') / (pi(x) q(x'|x)))`, `log q(a|b) = -|a - b - h g(b)|^2 / (4h)`.
 
 use candle_core::{Tensor, D};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::ula::{initialise, Init};
 use super::{
-    check_finite, operator_norm, prior_lipschitz, Counted, Info, Monitor, Output, Problem, StepRule,
+    check_finite, prior_lipschitz, Counted, Info, Monitor, Output, Problem, StepRule,
 };
 use crate::prior::{ExactSample, LogDensity};
 use crate::rng::SampleStreams;
 use crate::Result;
 
 /// MALA settings.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    try_from = "super::settings::MalaSettings",
+    into = "super::settings::MalaSettings"
+)]
 pub struct MalaConfig {
     /// Number of MH steps (default 2000); one score evaluation each (plus one at the start).
     pub steps: usize,
@@ -32,6 +36,20 @@ impl Default for MalaConfig {
             init: Init::Diffusion(Default::default()),
             l_prior: None,
         }
+    }
+}
+
+impl MalaConfig {
+    /// Range checks that need no problem.
+    pub fn validate(&self) -> crate::Result<()> {
+        self.step.validate()?;
+        if self.steps == 0 {
+            return Err(crate::Error::param("sampler.steps", "must be >= 1"));
+        }
+        if let Init::Diffusion(c) = &self.init {
+            c.validate("init_steps")?;
+        }
+        Ok(())
     }
 }
 
@@ -60,7 +78,7 @@ pub fn sample(
         StepRule::Fixed { .. } => 0.0,
         _ => prior_lipschitz(problem.prior, cfg.l_prior)?,
     };
-    let h = cfg.step.step(l, operator_norm(problem.op)?, problem.eta);
+    let h = cfg.step.step(l, problem.a_norm()?, problem.eta);
     let mut x = initialise(
         &counted,
         exact,

@@ -14,9 +14,12 @@ pub mod dps;
 pub mod exact;
 pub mod local;
 pub mod mala;
+pub mod settings;
+pub mod spec;
 pub mod ula;
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
 use serde::Serialize;
@@ -33,6 +36,8 @@ pub struct Problem<'a> {
     pub y: Tensor,
     /// Noise standard deviation per real measurement, in the units of `x`.
     pub eta: f64,
+    /// `||A||`, computed once (power iteration) on first use and shared by every batch.
+    a_norm: OnceLock<f64>,
 }
 
 impl<'a> Problem<'a> {
@@ -76,7 +81,43 @@ impl<'a> Problem<'a> {
                 what: "measurement y".into(),
             });
         }
-        Ok(Self { prior, op, y, eta })
+        Ok(Self {
+            prior,
+            op,
+            y,
+            eta,
+            a_norm: OnceLock::new(),
+        })
+    }
+
+    /// Sets `||A||` when the caller already knows it (a run context computes it once).
+    pub fn with_a_norm(self, a_norm: f64) -> Self {
+        let _ = self.a_norm.set(a_norm);
+        self
+    }
+
+    /// The same measurement seen through another prior (Algorithm 2's tilted prior); shares `||A||`.
+    pub fn with_prior<'b>(&'b self, prior: &'b dyn Denoiser) -> Problem<'b> {
+        let a_norm = OnceLock::new();
+        if let Some(a) = self.a_norm.get() {
+            let _ = a_norm.set(*a);
+        }
+        Problem {
+            prior,
+            op: self.op,
+            y: self.y.clone(),
+            eta: self.eta,
+            a_norm,
+        }
+    }
+
+    /// `||A||` (spectral norm, [`operator_norm`]), computed on first use.
+    pub fn a_norm(&self) -> Result<f64> {
+        if let Some(a) = self.a_norm.get() {
+            return Ok(*a);
+        }
+        let a = operator_norm(self.op)?;
+        Ok(*self.a_norm.get_or_init(|| a))
     }
 
     pub fn device(&self) -> Device {
@@ -113,7 +154,7 @@ pub struct Output {
 }
 
 /// Diagnostics of a run.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Info {
     /// MALA: mean acceptance rate.
     #[serde(skip_serializing_if = "Option::is_none")]

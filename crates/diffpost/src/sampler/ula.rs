@@ -4,11 +4,11 @@
 //! ALGORITHMS.md, step 3 of Algorithm 1 with the final `eta`).
 
 use candle_core::Tensor;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::diffusion::DiffusionConfig;
 use super::{
-    check_finite, operator_norm, prior_lipschitz_at, Counted, Info, Monitor, Output, Problem,
+    check_finite, prior_lipschitz_at, Counted, Info, Monitor, Output, Problem,
     StepRule,
 };
 use crate::prior::{Denoiser, ExactSample};
@@ -16,7 +16,7 @@ use crate::rng::SampleStreams;
 use crate::{Error, Result};
 
 /// Where a Langevin chain starts.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Init {
     /// A prior sample drawn by reverse diffusion (counts its score evaluations).
@@ -50,7 +50,11 @@ pub(crate) fn initialise(
 }
 
 /// ULA settings.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    try_from = "super::settings::UlaSettings",
+    into = "super::settings::UlaSettings"
+)]
 pub struct UlaConfig {
     /// Number of Langevin steps (default 2000).
     pub steps: usize,
@@ -71,6 +75,20 @@ impl Default for UlaConfig {
             l_prior: None,
             score_sigma: None,
         }
+    }
+}
+
+impl UlaConfig {
+    /// Range checks that need no problem.
+    pub fn validate(&self) -> Result<()> {
+        self.step.validate()?;
+        if self.steps == 0 {
+            return Err(Error::param("sampler.steps", "must be >= 1"));
+        }
+        if let Init::Diffusion(c) = &self.init {
+            c.validate("init_steps")?;
+        }
+        Ok(())
     }
 }
 
@@ -120,7 +138,7 @@ pub fn sample(
         StepRule::Fixed { .. } => 0.0,
         _ => prior_lipschitz_at(problem.prior, cfg.l_prior, s_sigma)?,
     };
-    let a = operator_norm(problem.op)?;
+    let a = problem.a_norm()?;
     let h = cfg.step.step(l, a, problem.eta);
     let x = initialise(
         &counted,
