@@ -78,9 +78,13 @@ pub fn sample(
             eprintln!("warning: {}: {w}", config_path.display());
         }
     }
+    let t_load = Instant::now();
     let l = cfg.load(device)?;
+    let load_s = t_load.elapsed().as_secs_f64();
+    let t_ctx = Instant::now();
     let ctx = RunContext::new(l.parts(), &cfg.sampler)
         .with_context(|| format!("{}", config_path.display()))?;
+    let context_s = t_ctx.elapsed().as_secs_f64();
     let t0 = Instant::now();
     let out = if quiet {
         ctx.run(&plan, &NoProgress)?
@@ -92,6 +96,11 @@ pub fn sample(
     };
     let wall = t0.elapsed().as_secs_f64();
     let mut summary = l.summary(&out, wall, device);
+    // Where the time outside the sampler goes (wall_s is the sampling alone).
+    summary.extra.insert(
+        "timing_s".into(),
+        json!({ "load": load_s, "build_run": context_s, "sample": wall }),
+    );
     let image_metrics = match l.image_shape() {
         Some(_) => Some(crate::image_out::write(&l, &out.samples, &out_dir)?),
         None => None,

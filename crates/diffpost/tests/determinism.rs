@@ -1,4 +1,4 @@
-//! Every sample owns its randomness (ALGORITHMS.md): sample `i` of a run with seed `s` is the same
+//! Every sample owns its randomness (docs/algorithms.md): sample `i` of a run with seed `s` is the same
 //! whether it runs in a batch of 10 (`SampleStreams::new(s, 20..30)`) or inside a batch of 50
 //! (`SampleStreams::range(s, 50)`), for Algorithm 1 and DPS.
 //!

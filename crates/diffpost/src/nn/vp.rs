@@ -1,6 +1,6 @@
 //! The variance-preserving (DDPM) adapter: a network trained on `x_t = sqrt(abar_t) x0 +
 //! sqrt(1 - abar_t) eps` at integer timesteps `t = 0..T-1`, seen as the variance-exploding
-//! denoiser `D(x, sigma)` the samplers use (ALGORITHMS.md, "Noise conventions").
+//! denoiser `D(x, sigma)` the samplers use (docs/algorithms.md, "Conventions").
 //!
 //! With `sigma_t = sqrt((1 - abar_t) / abar_t)`, the VE point `x = x0 + sigma z` is the VP point
 //! `x_t = x / sqrt(1 + sigma^2)` at the `t` with `sigma_t = sigma`, so
@@ -14,7 +14,7 @@
 //! between the two neighbouring integer timesteps and feeds the fractional `t` to the network's
 //! sinusoidal embedding (as k-diffusion's `DiscreteSchedule` does); [`TimestepMode::Nearest`]
 //! rounds to the nearest timestep in `ln sigma` and then uses that timestep's own `sigma_t` in
-//! the formulas above (ALGORITHMS.md). A sigma outside `[sigma_0, sigma_{T-1}]` is an
+//! the formulas above (docs/algorithms.md). A sigma outside `[sigma_0, sigma_{T-1}]` is an
 //! error ([`crate::Error::SigmaOutOfRange`]).
 
 use candle_core::{DType, Device, Tensor};
@@ -316,7 +316,7 @@ impl VpDenoiser {
     /// `D(x, sigma)` on images `[B, C, H, W]` (any float dtype; computed in f32 by the network).
     pub fn denoise_images(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
         let t = self.schedule.timestep(sigma, self.mode)?;
-        // Nearest: the formulas use that timestep's own sigma (ALGORITHMS.md, conventions).
+        // Nearest: the formulas use that timestep's own sigma (docs/algorithms.md, "Conventions").
         let sigma = match self.mode {
             TimestepMode::Nearest => self.schedule.sigma(t as usize),
             TimestepMode::Interpolate => sigma,

@@ -1,5 +1,5 @@
 //! Gaussian-mixture prior `p(x) = sum_k w_k N(mu_k, S_k)` with full, diagonal or isotropic
-//! covariances (a Gaussian is K = 1). Everything is closed form (ALGORITHMS.md, "Exact references"):
+//! covariances (a Gaussian is K = 1). Everything is closed form (docs/algorithms.md, "Exact references"):
 //! the smoothed prior is `sum_k w_k N(mu_k, S_k + sigma^2 I)`, so the smoothed score, the Tweedie
 //! denoiser and the log-density are exact at every `sigma >= 0` (at `sigma = 0` the `S_k` must be
 //! positive definite), and the posterior under a linear Gaussian measurement is again a mixture.
@@ -696,7 +696,7 @@ impl GaussianMixture {
         Ok(Tensor::from_vec(out, (b, d), &self.device)?)
     }
 
-    /// Exact posterior `p(x | y)` for `y = A x + eta xi` (Kalman/Joseph form, ALGORITHMS.md):
+    /// Exact posterior `p(x | y)` for `y = A x + eta xi` (Kalman/Joseph form, docs/algorithms.md):
     /// `G_k = A S_k A^T + eta^2 I`, `K_k = S_k A^T G_k^-1`, `m_k = mu_k + K_k (y - A mu_k)`,
     /// `C_k = (I - K_k A) S_k (I - K_k A)^T + eta^2 K_k K_k^T`, `w'_k ∝ w_k N(y; A mu_k, G_k)`.
     /// Needs no inverse of `S_k`. Diagonal priors with coordinate-selection operators (identity,

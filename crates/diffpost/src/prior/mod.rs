@@ -1,6 +1,6 @@
 //! Priors: one denoiser/score interface at a noise level `sigma` (variance exploding).
 //!
-//! Convention (ALGORITHMS.md): `p_sigma = p * N(0, sigma^2 I)`, `D(x, sigma) = E[x0 | x0 + sigma z = x]`,
+//! Convention (docs/algorithms.md): `p_sigma = p * N(0, sigma^2 I)`, `D(x, sigma) = E[x0 | x0 + sigma z = x]`,
 //! and Tweedie's formula `grad log p_sigma(x) = (D(x, sigma) - x) / sigma^2`. Analytic priors allow
 //! `sigma = 0` (the unsmoothed score); networks are valid only on their trained range.
 
@@ -61,7 +61,7 @@ pub trait Denoiser: Send + Sync {
     }
 
     /// Start of reverse diffusion at level `sigma_max` given standard normal `z`: `sigma_max z` for a
-    /// prior centred near 0 (the VE convention). Tilted priors override this (ALGORITHMS.md, Alg. 2).
+    /// prior centred near 0 (the VE convention). Tilted priors override this (docs/algorithms.md, "Algorithm 2 (local)").
     fn diffusion_start(&self, z: &Tensor, sigma_max: f64) -> Result<Tensor> {
         Ok((z * sigma_max)?)
     }

@@ -2,7 +2,7 @@
 //! as a Gaussian measurement `x0 = x + N(0, sigma^2 I)`, so the prior becomes
 //! `p_x0(x) ∝ p(x) N(x0; x, sigma^2 I)`.
 //!
-//! Smoothed at level `t` (ALGORITHMS.md, Algorithm 2; derivation: `p_x0,t(z) = ∫ p(x) N(x0; x, σ²)
+//! Smoothed at level `t` (docs/algorithms.md, "Algorithm 2 (local)"; derivation: `p_x0,t(z) = ∫ p(x) N(x0; x, σ²)
 //! N(z; x, t²) dx`, complete the square in `x`):
 //! `grad log p_x0,t(z) = (x0 - z)/(sigma^2 + t^2) + sigma^2/(sigma^2 + t^2) s_tau(m)`,
 //! `tau^2 = sigma^2 t^2/(sigma^2 + t^2)`, `m = (t^2 x0 + sigma^2 z)/(sigma^2 + t^2)`.

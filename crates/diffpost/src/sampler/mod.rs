@@ -312,7 +312,7 @@ pub fn prior_lipschitz_at(
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepRule {
-    /// `h = h_rel / (L_prior + ||A||^2 / eta^2)` (ALGORITHMS.md step rule).
+    /// `h = h_rel / (L_prior + ||A||^2 / eta^2)` (docs/algorithms.md, "Step rule").
     Relative { h_rel: f64 },
     /// A fixed step `h` (units of x^2).
     Fixed { h: f64 },

@@ -1,7 +1,7 @@
 //! Unadjusted Langevin algorithm (ULA) on the posterior `p(x|y)` directly: the non-annealed control.
 //!
 //! `X <- X + h (s(X) + A^T (y - A X) / eta^2) + sqrt(2 h) xi` (Euler–Maruyama of the Langevin SDE;
-//! ALGORITHMS.md, step 3 of Algorithm 1 with the final `eta`).
+//! docs/algorithms.md, "ULA"; step 3 of Algorithm 1 with the final `eta`).
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};

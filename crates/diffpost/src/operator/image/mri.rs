@@ -10,7 +10,7 @@
 //! `A x = [P F (S_c x)]_c`. Measurements are complex, each entry two reals: `y` is the complex
 //! array `[coils, kept rows, W]` (kept rows in increasing order) stored as interleaved
 //! `(re, im)` pairs, so `m = 2 * coils * kept * W` and numpy's `y.view(complex128)` recovers it.
-//! As ALGORITHMS.md fixes for complex data, the noise on the real and on the imaginary part
+//! As docs/algorithms.md fixes for complex data, the noise on the real and on the imaginary part
 //! each has standard deviation `eta`. The adjoint of this real-to-real map is
 //! `A^T y = sum_c Re(conj(S_c) F^H P^T y_c)`.
 //!
