@@ -11,6 +11,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+use super::adapter::{denoise_chunked, sampler_device};
 use super::unet::{UNet, UNetConfig};
 use crate::prior::Denoiser;
 use crate::{Error, Result};
@@ -85,12 +86,14 @@ pub struct EdmDenoiser {
     shape: [usize; 3],
     sigma_min: f64,
     sigma_max: f64,
+    /// Where the network runs; sampler state stays on the CPU (f64) and is moved per call.
     device: Device,
     chunk: usize,
 }
 
 impl EdmDenoiser {
-    /// Wraps a network; trained range `[DEFAULT_SIGMA_MIN, DEFAULT_SIGMA_MAX]`, image shape from
+    /// Wraps a network whose weights live on `device` (CPU or CUDA; samplers still see CPU
+    /// tensors); trained range `[DEFAULT_SIGMA_MIN, DEFAULT_SIGMA_MAX]`, image shape from
     /// the config.
     pub fn new(unet: UNet, device: Device) -> Result<Self> {
         let cfg = unet.config().clone();
@@ -187,6 +190,11 @@ impl EdmDenoiser {
         self.shape
     }
 
+    /// Where the network runs (see [`Self::new`]).
+    pub fn network_device(&self) -> &Device {
+        &self.device
+    }
+
     pub fn unet(&self) -> &UNet {
         &self.unet
     }
@@ -201,11 +209,13 @@ impl Denoiser for EdmDenoiser {
         self.shape.iter().product()
     }
 
+    /// The CPU (sampler state in f64), whatever device the network runs on.
     fn device(&self) -> Device {
-        self.device.clone()
+        sampler_device()
     }
 
-    /// `x: [B, C*H*W]` (f64 or f32; the result has `x`'s dtype). Differentiable in `x`.
+    /// `x: [B, C*H*W]` (f64 or f32; the result has `x`'s dtype), moved to the network's device
+    /// chunk by chunk. Differentiable in `x`.
     fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
         if !(sigma >= self.sigma_min && sigma <= self.sigma_max) {
             return Err(Error::SigmaOutOfRange {
@@ -219,26 +229,23 @@ impl Denoiser for EdmDenoiser {
         if dims.len() != 2 || dims[1] != d {
             return Err(Error::shape("x", format!("[B, {d}]"), dims));
         }
-        let b = dims[0];
-        if b == 0 {
-            return Ok(x.clone());
-        }
-        let [c, h, w] = self.shape;
-        let sigmas = vec![sigma; self.chunk.min(b)];
-        let mut outs = Vec::with_capacity(b.div_ceil(self.chunk));
-        let mut start = 0;
-        while start < b {
-            let n = self.chunk.min(b - start);
-            let xc = x.narrow(0, start, n)?.reshape((n, c, h, w))?;
-            let out = precond_forward(&self.unet, &xc, &sigmas[..n], self.cfg.sigma_data)?;
-            outs.push(out.reshape((n, d))?);
-            start += n;
-        }
-        if outs.len() == 1 {
-            Ok(outs.pop().expect("one chunk"))
-        } else {
-            Ok(Tensor::cat(&outs, 0)?)
-        }
+        let sigmas = vec![sigma; self.chunk.min(dims[0])];
+        denoise_chunked(
+            x,
+            self.shape,
+            self.chunk,
+            &self.device,
+            || "the EDM UNet".into(),
+            |xc| {
+                let n = xc.dim(0)?;
+                Ok(precond_forward(
+                    &self.unet,
+                    xc,
+                    &sigmas[..n],
+                    self.cfg.sigma_data,
+                )?)
+            },
+        )
     }
 
     fn sigma_range(&self) -> (f64, f64) {

@@ -2,10 +2,13 @@
 //! the [`crate::prior::Denoiser`] samplers use), and its training by denoising score matching
 //! ([`train`]). Models are f32; samplers see f64 `D(x, sigma)` on flattened `[B, C*H*W]` batches.
 
+mod adapter;
 pub mod checkpoint;
+pub mod diffusers_config;
 pub mod diffusers_unet;
 pub mod edm;
 pub mod guided;
+pub mod guided_config;
 pub mod kernels;
 pub mod model_folder;
 pub(crate) mod layers;

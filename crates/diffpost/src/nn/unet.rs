@@ -17,12 +17,12 @@ use candle_core::{Device, Module, Result, Tensor, D};
 use candle_nn::{linear, Linear, VarBuilder};
 
 use super::kernels;
+/// The fused attention block of the UNet's attention layers (f32 CPU), public for tests and
+/// benchmarks: see [`attention_block`].
+pub use super::kernels::{attention_block, pack_linear};
 use super::layers::{
     add_scale, conv1, conv3, fused_kernel_switch, group_norm, positive, silu, Conv, Norm,
 };
-/// The fused attention block of the UNet's attention layers (f32 CPU), public for tests and
-/// benchmarks: see [`attention_block`].
-pub use super::layers::{attention_block, pack_linear};
 use serde::{Deserialize, Serialize};
 
 /// Architecture of [`UNet`] (serde-ready: the CLI stores it as `model/config.json`).

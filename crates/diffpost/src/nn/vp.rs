@@ -20,6 +20,7 @@
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::adapter::{denoise_chunked, sampler_device};
 use crate::prior::Denoiser;
 use crate::{Error, Result};
 
@@ -352,31 +353,20 @@ impl Denoiser for VpDenoiser {
         self.shape.iter().product()
     }
 
+    /// The CPU (sampler state in f64), whatever device the network runs on.
     fn device(&self) -> Device {
-        Device::Cpu
+        sampler_device()
     }
 
     fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let b = dims.first().copied().unwrap_or(0);
-        let d: usize = dims.iter().skip(1).product();
-        if dims.len() < 2 || d != self.dim() {
-            return Err(Error::shape(
-                format!("input of {}", self.net.name()),
-                format!("[B, {}] (images {:?})", self.dim(), self.shape),
-                x.dims(),
-            ));
-        }
-        let [c, h, w] = self.shape;
-        let mut outs = Vec::new();
-        let mut start = 0;
-        while start < b {
-            let n = self.chunk.min(b - start);
-            let xi = x.narrow(0, start, n)?.reshape((n, c, h, w))?;
-            outs.push(self.denoise_images(&xi, sigma)?.reshape((n, d))?);
-            start += n;
-        }
-        Ok(Tensor::cat(&outs, 0)?.reshape(dims)?)
+        denoise_chunked(
+            x,
+            self.shape,
+            self.chunk,
+            &self.net_device,
+            || self.net.name(),
+            |xi| self.denoise_images(xi, sigma),
+        )
     }
 
     fn sigma_range(&self) -> (f64, f64) {

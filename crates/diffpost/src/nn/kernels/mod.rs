@@ -3,7 +3,7 @@
 //!
 //! candle 0.11's CPU conv (im2col into its generic matmul), GroupNorm (about ten primitive ops,
 //! each a single-threaded memory pass) and unary ops (scalar `exp`) are the UNet's bottlenecks
-//! (see `shared/design/PERFORMANCE.md`). Here:
+//! (see `docs/images.md`, "UNet speed on CPU"). Here:
 //! - [`group_norm`]: GroupNorm with an optional fused SiLU, forward and backward in one pass each
 //!   over the data, multi-threaded over `(batch, group)`;
 //! - [`silu`]: SiLU with a vectorisable `exp`;
@@ -11,10 +11,14 @@
 //!   3x3 stride-1 layers where it measured faster by Winograd's F(2x2, 3x3), with a per-channel
 //!   `[C_out]` or per-sample `[B, C_out]` bias (the UNet folds its noise embedding into the
 //!   latter), tiled (bounded, reused scratch);
-//! - [`add_scale`]: `(a + b) * s` (the residual joins).
+//! - [`add_scale`]: `(a + b) * s` (the residual joins);
+//! - [`softmax_last_dim`]: softmax over the last dimension, with the backward candle-nn's lacks;
+//! - [`attention_block`]: the whole attention block (qkv linear, softmax attention, output
+//!   linear; weights packed by [`pack_linear`]) as one op, multi-threaded over the batch;
+//! - `adam_ema_in_place` (crate-internal): the trainer's Adam + EMA update, in place.
 //!
 //! Every op wants contiguous f32 CPU tensors; the wrappers make their inputs contiguous and the
-//! callers ([`super::unet`]) fall back to candle's own ops on other devices and dtypes. Results are
+//! callers ([`super::unet`], the layers of the pretrained UNets, the trainer) fall back to candle's own ops on other devices and dtypes. Results are
 //! deterministic for a fixed rayon thread count (partial sums are reduced in a fixed order).
 
 use candle_core::{bail, CpuStorage, DType, Layout, Result, Storage, Tensor};
@@ -169,12 +173,18 @@ pub(in crate::nn) unsafe fn sgemm(
     )
 }
 
+mod adam;
+mod attention;
 mod conv;
 mod elementwise;
 mod norm;
+mod softmax;
 mod upsample;
 
+pub(in crate::nn) use adam::{adam_ema_in_place, AdamCoefs};
+pub use attention::{attention_block, pack_linear};
 pub use conv::conv2d;
 pub use elementwise::{add_scale, silu};
 pub use norm::group_norm;
+pub use softmax::softmax_last_dim;
 pub use upsample::upsample2_crop;
