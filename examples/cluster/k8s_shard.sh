@@ -5,7 +5,7 @@
 #   JOB_COMPLETION_INDEX=0 SHARDS=4 CONFIG=problem.toml bash examples/cluster/k8s_shard.sh
 set -euo pipefail
 : "${CONFIG:?set CONFIG to the problem.toml}"
-: "${SHARDS:?set SHARDS to the Job's completions}"
+: "${SHARDS:?set SHARDS to the completions of the Job}"
 K="${JOB_COMPLETION_INDEX:?JOB_COMPLETION_INDEX is set by Kubernetes for Indexed Jobs}"
 OUT="${OUT:-shards}"
 exec "${DIFFPOST:-diffpost}" sample --quiet --config "$CONFIG" --shard "$K/$SHARDS" --out "$OUT/$K"

@@ -316,9 +316,13 @@ impl ProblemConfig {
             ),
             OperatorSpec::Image(spec) => {
                 let shape = prior.image_shape.ok_or_else(|| {
+                    let kind = serde_json::to_value(spec)
+                        .ok()
+                        .and_then(|v| v.get("kind").and_then(|k| k.as_str().map(String::from)))
+                        .unwrap_or_default();
                     self.err(
                         "operator",
-                        "image operators need an image prior (kind = \"unet\" | \"guided-diffusion\" | \"diffusers-unet\")",
+                        format!("image operator `{kind}` needs an image prior (kind = \"unet\" | \"guided-diffusion\" | \"diffusers-unet\")"),
                     )
                 })?;
                 spec.build(shape).map_err(|e| self.err("operator", e))?

@@ -70,7 +70,8 @@ pub struct RunContext<'a> {
 
 impl<'a> RunContext<'a> {
     /// Validates the problem and the spec against it and does the per-run work once: `||A||`
-    /// (samplers with a step rule), the exact posterior (`exact`), the warm start (`local`).
+    /// (samplers with a step rule), the exact posterior (`exact`), the warm start (`local`), the
+    /// estimate of Algorithm 3's step 1 (`cs`).
     pub fn new(parts: ProblemParts<'a>, spec: &SamplerSpec) -> Result<Self> {
         let problem = Problem::new(parts.prior, parts.op, parts.y, parts.eta)?;
         let need_analytic = |what: &str| {
@@ -129,6 +130,10 @@ impl<'a> RunContext<'a> {
                         }
                     }
                 });
+            }
+            SamplerSpec::Cs(c) => {
+                // Step 1 of Algorithm 3 is deterministic: once per run, not per batch.
+                warm = Some(Warm::Shared(cs::estimate(&problem, &c.estimator)?));
             }
             _ => {}
         }
@@ -198,7 +203,10 @@ impl<'a> RunContext<'a> {
                 streams,
             )?,
             SamplerSpec::Prior(c) => diffusion::sample(problem.prior, c, streams, mon)?,
-            SamplerSpec::Cs(c) => cs::sample(problem, c, streams, mon)?,
+            SamplerSpec::Cs(c) => match self.warm.as_ref() {
+                Some(Warm::Shared(x0)) => cs::sample_from(problem, x0, c, streams, mon)?,
+                _ => unreachable!("built in RunContext::new"),
+            },
             SamplerSpec::Local(l) => {
                 let (x0, warm_evals) = match self.warm.as_ref().expect("built in RunContext::new") {
                     Warm::Dps(dc) => {

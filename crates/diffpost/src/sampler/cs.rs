@@ -135,9 +135,22 @@ pub fn estimate(problem: &Problem, est: &Estimator) -> Result<Tensor> {
     }
 }
 
-/// Runs Algorithm 3.
+/// Runs Algorithm 3 (the estimate of step 1 computed here; see [`sample_from`]).
 pub fn sample(
     problem: &Problem,
+    cfg: &CsConfig,
+    streams: &mut SampleStreams,
+    mon: &dyn Monitor,
+) -> Result<Output> {
+    let x0 = estimate(problem, &cfg.estimator)?;
+    sample_from(problem, &x0, cfg, streams, mon)
+}
+
+/// Steps 2-3 of Algorithm 3 from the estimate `x0` (`[1, d]`) of step 1, which is the same for
+/// every sample (a run computes it once).
+pub fn sample_from(
+    problem: &Problem,
+    x0: &Tensor,
     cfg: &CsConfig,
     streams: &mut SampleStreams,
     mon: &dyn Monitor,
@@ -156,9 +169,8 @@ pub fn sample(
         ));
     }
     let sigma = r / cfg.delta;
-    let x0 = estimate(problem, &cfg.estimator)?;
     let z = streams.randn(&[d], &problem.device())?;
-    let x0p = (z * sigma)?.broadcast_add(&x0)?;
+    let x0p = (z * sigma)?.broadcast_add(x0)?;
     let local_cfg = LocalConfig {
         sigma,
         ..cfg.local.clone()

@@ -81,12 +81,35 @@ impl SamplerSpec {
             ));
         }
         map.insert("kind".into(), serde_json::Value::String(kind.clone()));
-        SamplerSpec::deserialize(serde_json::Value::Object(map)).map_err(|e| {
+        let spec = SamplerSpec::deserialize(serde_json::Value::Object(map)).map_err(|e| {
             Error::param(
                 "sampler",
                 format!("(kind = \"{kind}\"): {e} (see the config reference in the README)"),
             )
-        })
+        })?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Range checks of every setting (no problem needed): run before anything is loaded.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            SamplerSpec::Annealed(c) => c.validate(),
+            SamplerSpec::Local(l) => {
+                if let super::settings::WarmStart::Dps(c) = &l.warm_start {
+                    c.validate()?;
+                }
+                l.local.annealed.validate()
+            }
+            SamplerSpec::Cs(c) => c.validate(),
+            SamplerSpec::Ula(c) => c.validate(),
+            SamplerSpec::Mala(c) => c.validate(),
+            SamplerSpec::Dps(c) => c.validate(),
+            SamplerSpec::Daps(c) => c.validate(),
+            SamplerSpec::Ald(c) => c.validate(),
+            SamplerSpec::Exact(_) => Ok(()),
+            SamplerSpec::Prior(c) => c.validate("steps"),
+        }
     }
 
     /// Parses from any serialisable table (e.g. a `toml::Table`).
