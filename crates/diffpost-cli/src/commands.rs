@@ -10,7 +10,7 @@ use diffpost::metrics::exact_reference;
 use diffpost::prior::Denoiser;
 use diffpost::rng::SampleStreams;
 use diffpost::run::shard::{merge as merge_shards, RunSummary};
-use diffpost::run::{NoProgress, Progress, ProblemParts, RunContext, RunPlan, Shard};
+use diffpost::run::{NoProgress, ProblemParts, Progress, RunContext, RunPlan, Shard};
 use diffpost::sampler::spec::{SamplerSpec, KINDS};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -204,16 +204,7 @@ pub fn problem_gmm(d: usize, m: usize, k: usize, eta: f64, seed: u64, out: &Path
 }
 
 pub fn problem_denoise(d: usize, eta: f64, seed: u64, out: &Path) -> Result<()> {
-    if d == 0 || !(eta > 0.0) {
-        bail!("--d must be >= 1 and --eta > 0");
-    }
-    let mut s = SampleStreams::new(seed, [0]);
-    let x = s.normal_vec(d);
-    let y: Vec<f64> = x
-        .iter()
-        .zip(s.normal_vec(d))
-        .map(|(x, z)| x + eta * z)
-        .collect();
+    let (x, y) = diffpost::problem::denoise_instance(d, eta, seed)?;
     std::fs::create_dir_all(out)
         .with_context(|| format!("{}: cannot create folder", out.display()))?;
     diffpost::io::write_npy(&out.join("x_true.npy"), &vec_tensor(&x)?)?;
@@ -249,11 +240,10 @@ pub fn measure(config_path: &Path, out: &Path) -> Result<()> {
     diffpost::io::write_npy(&out.join("y.npy"), &vec_tensor(&l.y_vec)?)?;
     diffpost::io::write_npy(&out.join("x_true.npy"), &vec_tensor(truth)?)?;
     if let Some(shape) = l.image_shape() {
-        let pinv: Vec<f64> = l
-            .op
-            .pseudo_inverse(&l.y.unsqueeze(0)?)?
-            .flatten_all()?
-            .to_vec1()?;
+        let pinv: Vec<f64> =
+            l.op.pseudo_inverse(&l.y.unsqueeze(0)?)?
+                .flatten_all()?
+                .to_vec1()?;
         diffpost::imaging::save_grid(
             &out.join("measurement.png"),
             &[truth.clone(), pinv],
@@ -292,7 +282,10 @@ pub fn eval(config_path: &Path, samples: &Path, n_ref: usize) -> Result<()> {
     }
     let post = gmm.posterior(l.op.as_ref(), &l.y_vec, l.eta)?;
     let (reference, floors) = exact_reference(&post, n, n_ref)?;
-    let xv: Vec<f64> = x.flatten_all()?.to_dtype(candle_core::DType::F64)?.to_vec1()?;
+    let xv: Vec<f64> = x
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F64)?
+        .to_vec1()?;
     let m = reference.evaluate(&xv)?.with_floor(&floors);
     println!("{}", serde_json::to_string_pretty(&m)?);
     Ok(())
@@ -300,14 +293,19 @@ pub fn eval(config_path: &Path, samples: &Path, n_ref: usize) -> Result<()> {
 
 /// The demo's compressed-sensing instance (d = 20, m = 10, eta = 0.1, Gaussian prior).
 pub fn demo_instance() -> Result<diffpost::problem::Instance> {
-    Ok(diffpost::problem::random_gmm_instance(20, 10, 1, 0.1, 2024)?)
+    Ok(diffpost::problem::random_gmm_instance(
+        20, 10, 1, 0.1, 2024,
+    )?)
 }
 
 /// The demo's samplers: every method at its defaults.
 pub fn demo_specs() -> Vec<(&'static str, SamplerSpec)> {
     vec![
         ("exact", SamplerSpec::Exact(Default::default())),
-        ("annealed (Alg. 1)", SamplerSpec::Annealed(Default::default())),
+        (
+            "annealed (Alg. 1)",
+            SamplerSpec::Annealed(Default::default()),
+        ),
         ("ula", SamplerSpec::Ula(Default::default())),
         ("mala", SamplerSpec::Mala(Default::default())),
         ("dps", SamplerSpec::Dps(Default::default())),

@@ -6,7 +6,6 @@ use std::path::Path;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
-use diffpost::image_metrics::{psnr, ssim};
 use diffpost::imaging::save_grid;
 use serde_json::{json, Value};
 
@@ -15,50 +14,26 @@ use diffpost::config::LoadedProblem as Loaded;
 /// Images live in [-1, 1]: the PSNR/SSIM data range is 2.
 const RANGE: f64 = 2.0;
 
-fn l2(a: &[f64], b: &[f64]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum::<f64>()
-        .sqrt()
-}
-
 fn quality(x: &[f64], truth: Option<&[f64]>, shape: [usize; 3]) -> Result<Value> {
     Ok(match truth {
-        // SSIM's 11x11 window needs images of at least 11 x 11: null below that.
-        Some(t) => {
-            json!({ "psnr": psnr(x, t, RANGE)?, "ssim": ssim(x, t, shape, RANGE).ok(), "l2": l2(x, t) })
-        }
+        Some(t) => json!(diffpost::image_metrics::quality(x, t, shape, RANGE)?),
         None => Value::Null,
     })
 }
 
-/// Residual `|y - A x| / (eta sqrt(m))` per row of `x: [B, d]` (about 1 for a consistent sample).
-pub fn residuals(l: &Loaded, x: &Tensor) -> Result<Vec<f64>> {
-    let r = l.y.unsqueeze(0)?.broadcast_sub(&l.op.apply(x)?)?;
-    let m = l.op.out_dim() as f64;
-    Ok(r.sqr()?
-        .sum(1)?
-        .sqrt()?
-        .affine(1.0 / (l.eta * m.sqrt()), 0.0)?
-        .to_vec1()?)
+/// Residual `|y - A x| / (eta sqrt(m))` per row of `x: [B, d]`.
+fn residuals(l: &Loaded, x: &Tensor) -> Result<Vec<f64>> {
+    let problem =
+        diffpost::sampler::Problem::new(l.prior.denoiser.as_ref(), l.op.as_ref(), &l.y, l.eta)?;
+    Ok(problem.normalized_residuals(x)?)
 }
 
 /// Writes the grids and returns the metrics JSON (also written to `out/metrics.json`).
 pub fn write(l: &Loaded, samples: &Tensor, out: &Path) -> Result<Value> {
     let shape = l.image_shape().expect("image run");
     let d = l.d;
-    let n = samples.dims()[0];
     let rows: Vec<Vec<f64>> = samples.to_dtype(candle_core::DType::F64)?.to_vec2()?;
-    let mean: Vec<f64> = (0..d)
-        .map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / n as f64)
-        .collect();
-    let std: Vec<f64> = (0..d)
-        .map(|j| {
-            (rows.iter().map(|r| (r[j] - mean[j]).powi(2)).sum::<f64>() / (n.max(2) - 1) as f64)
-                .sqrt()
-        })
-        .collect();
+    let (mean, std) = diffpost::image_metrics::mean_std(&rows);
     let pinv: Vec<f64> =
         l.op.pseudo_inverse(&l.y.unsqueeze(0)?)?
             .flatten_all()?

@@ -247,9 +247,8 @@ fn main() {
             out,
             quiet,
             device,
-        } => parse_device(&device).and_then(|d| {
-            commands::sample(&config, quiet, &d, shard.as_deref(), out.as_deref())
-        }),
+        } => parse_device(&device)
+            .and_then(|d| commands::sample(&config, quiet, &d, shard.as_deref(), out.as_deref())),
         Cmd::Merge { dirs, out } => commands::merge(&dirs, &out),
         Cmd::Problem {
             kind:

@@ -104,11 +104,7 @@ pub fn train(
     let ckpt = out.join(nn::train::CHECKPOINT_FILE);
     let mut trainer = Trainer::new(model.clone(), train.clone(), &images, &device)?;
     if ckpt.exists() && !fresh {
-        let old = ModelFile::read(out)?;
-        if old.model != model
-            || old.train.seed != train.seed
-            || old.train.batch_size != train.batch_size
-        {
+        if !ModelFile::read(out)?.resumable_as(&mf) {
             bail!(
                 "{}: a checkpoint of a different model or seed/batch size exists; use --fresh to start over or another --out",
                 out.display()
@@ -144,32 +140,18 @@ pub fn train(
         b.set_position(trainer.step_count());
         b
     });
-    let mut avg = f64::NAN;
-    let every = train.checkpoint_every.max(1);
-    let mut log = String::new();
-    while trainer.step_count() < train.steps {
-        // Train up to the next checkpoint boundary, then checkpoint and refresh the EMA export.
-        let target = ((trainer.step_count() / every) + 1) * every;
-        while trainer.step_count() < target.min(train.steps) {
-            let loss = trainer.step()?;
-            avg = if avg.is_nan() {
-                loss
-            } else {
-                0.98 * avg + 0.02 * loss
-            };
+    diffpost::nn::model_folder::train_into(
+        &mut trainer,
+        out,
+        train.steps,
+        train.checkpoint_every,
+        |step, avg| {
             if let Some(b) = &bar {
-                b.set_position(trainer.step_count());
+                b.set_position(step);
                 b.set_message(format!("{avg:.4}"));
             }
-        }
-        trainer.save_checkpoint(out)?;
-        trainer.export(out)?;
-        log.push_str(&format!("{} {avg}\n", trainer.step_count()));
-        let logp = out.join("loss.txt");
-        let prev = std::fs::read_to_string(&logp).unwrap_or_default();
-        diffpost::io::write_bytes(&logp, format!("{prev}{log}").as_bytes())?;
-        log.clear();
-    }
+        },
+    )?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

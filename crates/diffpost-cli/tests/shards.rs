@@ -38,7 +38,10 @@ fn summary(dir: &Path) -> serde_json::Value {
 fn setup(name: &str, sampler: &str, seed: u64) -> (PathBuf, PathBuf) {
     let dir = tmpdir(name);
     ok(bin()
-        .args(["problem", "gmm", "--d", "6", "--m", "3", "--k", "2", "--eta", "0.3", "--seed", "2", "--out"])
+        .args([
+            "problem", "gmm", "--d", "6", "--m", "3", "--k", "2", "--eta", "0.3", "--seed", "2",
+            "--out",
+        ])
         .arg(&dir)
         .output()
         .unwrap());
@@ -58,7 +61,11 @@ fn setup(name: &str, sampler: &str, seed: u64) -> (PathBuf, PathBuf) {
 fn three_shards_merge_to_the_unsharded_run() {
     let sampler = "kind = \"mala\"\nsteps = 30\ninit = \"exact-prior\"\nh_rel = 1.0";
     let (dir, cfg) = setup("merge", sampler, 4);
-    ok(bin().args(["sample", "--quiet", "--config"]).arg(&cfg).output().unwrap());
+    ok(bin()
+        .args(["sample", "--quiet", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap());
     let whole = std::fs::read(dir.join("whole/samples.npy")).unwrap();
 
     // Shards 0 and 1 through the Slurm script, shard 2 through the Kubernetes one.
@@ -81,9 +88,21 @@ fn three_shards_merge_to_the_unsharded_run() {
     let s1 = summary(&dir.join("shards/1"));
     assert_eq!(s1["run"]["shard"]["index"], 1);
     assert_eq!(s1["run"]["sample_range"], serde_json::json!([5, 9]));
-    let shards: Vec<PathBuf> = [2, 0, 1].iter().map(|k| dir.join(format!("shards/{k}"))).collect();
-    ok(bin().arg("merge").args(&shards).arg("--out").arg(dir.join("merged")).output().unwrap());
-    assert_eq!(whole, std::fs::read(dir.join("merged/samples.npy")).unwrap());
+    let shards: Vec<PathBuf> = [2, 0, 1]
+        .iter()
+        .map(|k| dir.join(format!("shards/{k}")))
+        .collect();
+    ok(bin()
+        .arg("merge")
+        .args(&shards)
+        .arg("--out")
+        .arg(dir.join("merged"))
+        .output()
+        .unwrap());
+    assert_eq!(
+        whole,
+        std::fs::read(dir.join("merged/samples.npy")).unwrap()
+    );
     let (w, m) = (summary(&dir.join("whole")), summary(&dir.join("merged")));
     assert_eq!(w["fingerprint"], m["fingerprint"]);
     assert_eq!(w["diagnostics"]["samples"], 13);
@@ -98,19 +117,43 @@ fn three_shards_merge_to_the_unsharded_run() {
 
     let refuses = |dirs: &[PathBuf], needle: &str, name: &str| {
         let out = dir.join(name);
-        let o = bin().arg("merge").args(dirs).arg("--out").arg(&out).output().unwrap();
+        let o = bin()
+            .arg("merge")
+            .args(dirs)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&o.stderr).to_string();
         assert!(!o.status.success(), "merge should fail ({needle})");
-        assert!(err.contains(needle), "error should mention `{needle}`: {err}");
+        assert!(
+            err.contains(needle),
+            "error should mention `{needle}`: {err}"
+        );
         assert!(!err.contains("panicked"), "{err}");
         assert!(!out.exists(), "nothing may be written on failure");
     };
     refuses(&shards[..2], "missing shard(s) 1/3", "m1");
-    refuses(&[shards[0].clone(), shards[1].clone(), shards[2].clone(), shards[1].clone()], "twice", "m2");
+    refuses(
+        &[
+            shards[0].clone(),
+            shards[1].clone(),
+            shards[2].clone(),
+            shards[1].clone(),
+        ],
+        "twice",
+        "m2",
+    );
 
     // A shard of the same config with another seed, and of another config.
     let other_seed = cfg.with_file_name("seed.toml");
-    std::fs::write(&other_seed, std::fs::read_to_string(&cfg).unwrap().replace("seed = 4", "seed = 5")).unwrap();
+    std::fs::write(
+        &other_seed,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("seed = 4", "seed = 5"),
+    )
+    .unwrap();
     ok(bin()
         .args(["sample", "--quiet", "--shard", "1/3", "--config"])
         .arg(&other_seed)
@@ -118,9 +161,19 @@ fn three_shards_merge_to_the_unsharded_run() {
         .arg(dir.join("seed1"))
         .output()
         .unwrap());
-    refuses(&[shards[1].clone(), shards[2].clone(), dir.join("seed1")], "seed", "m3");
+    refuses(
+        &[shards[1].clone(), shards[2].clone(), dir.join("seed1")],
+        "seed",
+        "m3",
+    );
     let other_cfg = cfg.with_file_name("steps.toml");
-    std::fs::write(&other_cfg, std::fs::read_to_string(&cfg).unwrap().replace("steps = 30", "steps = 31")).unwrap();
+    std::fs::write(
+        &other_cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("steps = 30", "steps = 31"),
+    )
+    .unwrap();
     ok(bin()
         .args(["sample", "--quiet", "--shard", "1/3", "--config"])
         .arg(&other_cfg)
@@ -128,13 +181,21 @@ fn three_shards_merge_to_the_unsharded_run() {
         .arg(dir.join("cfg1"))
         .output()
         .unwrap());
-    refuses(&[shards[1].clone(), shards[2].clone(), dir.join("cfg1")], "fingerprint", "m4");
+    refuses(
+        &[shards[1].clone(), shards[2].clone(), dir.join("cfg1")],
+        "fingerprint",
+        "m4",
+    );
 }
 
 #[test]
 fn bad_shard_arguments_are_refused_before_sampling() {
     let (dir, cfg) = setup("badshard", "kind = \"exact\"", 0);
-    for (arg, needle) in [("3/3", "K/N"), ("x", "K/N"), ("0/20", "shards for 13 populations")] {
+    for (arg, needle) in [
+        ("3/3", "K/N"),
+        ("x", "K/N"),
+        ("0/20", "shards for 13 populations"),
+    ] {
         let o = bin()
             .args(["sample", "--quiet", "--shard", arg, "--config"])
             .arg(&cfg)
@@ -148,10 +209,21 @@ fn bad_shard_arguments_are_refused_before_sampling() {
 
 #[test]
 fn old_key_names_still_work_with_a_warning() {
-    let (dir, cfg) = setup("alias", "kind = \"ald\"\nlevels = 3\nsteps_per_level = 2", 0);
-    let o = ok(bin().args(["sample", "--config"]).arg(&cfg).output().unwrap());
+    let (dir, cfg) = setup(
+        "alias",
+        "kind = \"ald\"\nlevels = 3\nsteps_per_level = 2",
+        0,
+    );
+    let o = ok(bin()
+        .args(["sample", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap());
     let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(err.contains("`levels` is deprecated: use `stages`"), "{err}");
+    assert!(
+        err.contains("`levels` is deprecated: use `stages`"),
+        "{err}"
+    );
     let s = summary(&dir.join("whole"));
     assert_eq!(s["params"]["stages"], 3);
     assert_eq!(s["params"]["steps_per_stage"], 2);

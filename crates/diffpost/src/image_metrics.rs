@@ -132,3 +132,45 @@ pub fn ssim(x: &[f64], reference: &[f64], shape: [usize; 3], data_range: f64) ->
     }
     Ok(total / c as f64)
 }
+
+/// Reconstruction quality of `x` against the truth: PSNR, SSIM (`None` for images smaller than
+/// SSIM's 11 x 11 window) and the L2 distance.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Quality {
+    pub psnr: f64,
+    pub ssim: Option<f64>,
+    pub l2: f64,
+}
+
+/// [`Quality`] of `x` against `truth`, images of `shape` with `data_range` (2 for [-1, 1]).
+pub fn quality(x: &[f64], truth: &[f64], shape: [usize; 3], data_range: f64) -> Result<Quality> {
+    Ok(Quality {
+        psnr: psnr(x, truth, data_range)?,
+        ssim: ssim(x, truth, shape, data_range).ok(),
+        l2: x
+            .iter()
+            .zip(truth)
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f64>()
+            .sqrt(),
+    })
+}
+
+/// Per-coordinate posterior mean and standard deviation (unbiased, `n - 1`) of sample rows.
+pub fn mean_std(rows: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>) {
+    let n = rows.len();
+    let d = rows.first().map_or(0, |r| r.len());
+    if n == 0 {
+        return (vec![], vec![]);
+    }
+    let mean: Vec<f64> = (0..d)
+        .map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / n as f64)
+        .collect();
+    let std: Vec<f64> = (0..d)
+        .map(|j| {
+            (rows.iter().map(|r| (r[j] - mean[j]).powi(2)).sum::<f64>() / (n.max(2) - 1) as f64)
+                .sqrt()
+        })
+        .collect();
+    (mean, std)
+}

@@ -804,7 +804,10 @@ pub fn exact_reference(
         &reference,
         |rep| {
             Ok(posterior
-                .sample_exact(&mut SampleStreams::new(0x666c_6f6f + rep as u64, 0..n as u64))?
+                .sample_exact(&mut SampleStreams::new(
+                    0x666c_6f6f + rep as u64,
+                    0..n as u64,
+                ))?
                 .flatten_all()?
                 .to_vec1()?)
         },

@@ -62,3 +62,18 @@ pub fn random_gmm_instance(d: usize, m: usize, k: usize, eta: f64, seed: u64) ->
         eta,
     })
 }
+
+/// A denoising instance: `x_true ~ N(0, I_d)`, `y = x_true + eta xi`, both from stream 0 of `seed`.
+pub fn denoise_instance(d: usize, eta: f64, seed: u64) -> Result<(Vec<f64>, Vec<f64>)> {
+    if d == 0 || !(eta > 0.0) || !eta.is_finite() {
+        return Err(Error::param("d/eta", "need d >= 1 and eta > 0"));
+    }
+    let mut s = SampleStreams::new(seed, [0]);
+    let x = s.normal_vec(d);
+    let y: Vec<f64> = x
+        .iter()
+        .zip(s.normal_vec(d))
+        .map(|(x, z)| x + eta * z)
+        .collect();
+    Ok((x, y))
+}

@@ -31,13 +31,11 @@ fn every_kind_round_trips_through_its_table() {
         assert_eq!(back, s, "{kind}: {}", s.to_table());
     }
     // A spec with non-default settings survives too.
-    let s = spec(
-        "kind = \"ula\"\nsteps = 7\nh = 0.01\ninit = \"noise\"\nl_prior = 3.0",
-    )
-    .unwrap();
+    let s = spec("kind = \"ula\"\nsteps = 7\nh = 0.01\ninit = \"noise\"\nl_prior = 3.0").unwrap();
     assert_eq!(SamplerSpec::from_table(&s.to_table()).unwrap(), s);
-    let s = spec("kind = \"cs\"\nestimator = \"lasso\"\nlambda = 0.5\nstages = 4\nsteps_per_stage = 9")
-        .unwrap();
+    let s =
+        spec("kind = \"cs\"\nestimator = \"lasso\"\nlambda = 0.5\nstages = 4\nsteps_per_stage = 9")
+            .unwrap();
     assert_eq!(SamplerSpec::from_table(&s.to_table()).unwrap(), s);
     // No kind: Algorithm 1 at its defaults.
     assert_eq!(spec("").unwrap(), SamplerSpec::default());
@@ -46,7 +44,8 @@ fn every_kind_round_trips_through_its_table() {
 #[test]
 fn old_key_names_are_aliases_of_the_new_vocabulary() {
     let new = spec("kind = \"daps\"\nstages = 7\nsteps_per_stage = 3\nh_rel = 0.1").unwrap();
-    let old = spec("kind = \"daps\"\nannealing_steps = 7\nlangevin_steps = 3\nlr_rel = 0.1").unwrap();
+    let old =
+        spec("kind = \"daps\"\nannealing_steps = 7\nlangevin_steps = 3\nlr_rel = 0.1").unwrap();
     assert_eq!(new, old);
     let new = spec("kind = \"ald\"\nstages = 6\nsteps_per_stage = 2").unwrap();
     let old = spec("kind = \"ald\"\nlevels = 6\nsteps_per_level = 2").unwrap();
@@ -60,16 +59,28 @@ fn old_key_names_are_aliases_of_the_new_vocabulary() {
 fn bad_sampler_tables_are_refused_with_the_field() {
     let cases: &[(&str, &[&str])] = &[
         ("kind = \"magic\"", &["unknown sampler kind `magic`"]),
-        ("kind = \"dps\"\nsteps_per_stage = 3", &["steps_per_stage", "dps"]),
+        (
+            "kind = \"dps\"\nsteps_per_stage = 3",
+            &["steps_per_stage", "dps"],
+        ),
         ("kind = \"annealed\"\nstagez = 3", &["stagez"]),
         ("kind = \"ula\"\nh = 0.1\nh_rel = 0.2", &["h_rel", "h"]),
         ("kind = \"ula\"\nsteps = 0", &["steps"]),
         ("kind = \"annealed\"\nstages = 1", &["stages"]),
-        ("kind = \"annealed\"\nsteps_per_stage = 0", &["steps_per_stage"]),
+        (
+            "kind = \"annealed\"\nsteps_per_stage = 0",
+            &["steps_per_stage"],
+        ),
         ("kind = \"local\"", &["sigma"]),
-        ("kind = \"local\"\nsigma = 0.1\nwarm_start = \"lasso\"\nwarm_steps = 3", &["warm_steps"]),
+        (
+            "kind = \"local\"\nsigma = 0.1\nwarm_start = \"lasso\"\nwarm_steps = 3",
+            &["warm_steps"],
+        ),
         ("kind = \"cs\"\nlambda = -1.0", &["lambda"]),
-        ("kind = \"ula\"\ninit = \"noise\"\ninit_steps = 3", &["init_steps"]),
+        (
+            "kind = \"ula\"\ninit = \"noise\"\ninit_steps = 3",
+            &["init_steps"],
+        ),
         ("kind = \"annealed\"\neps = 0.3", &["eps", "admissible"]),
         ("kind = \"exact\"\nsteps = 3", &["steps"]),
         ("kind = \"dps\"\nzeta = -1.0", &["zeta"]),
@@ -88,7 +99,11 @@ fn instance() -> diffpost::problem::Instance {
     diffpost::problem::random_gmm_instance(6, 3, 2, 0.3, 11).unwrap()
 }
 
-fn run_with(inst: &diffpost::problem::Instance, spec: &SamplerSpec, plan: RunPlan) -> diffpost::run::RunOutput {
+fn run_with(
+    inst: &diffpost::problem::Instance,
+    spec: &SamplerSpec,
+    plan: RunPlan,
+) -> diffpost::run::RunOutput {
     let op = Dense::new(inst.a.clone()).unwrap();
     let y = Tensor::from_vec(inst.y.as_slice().to_vec(), inst.y.len(), &Device::Cpu).unwrap();
     let parts = ProblemParts {
@@ -99,7 +114,10 @@ fn run_with(inst: &diffpost::problem::Instance, spec: &SamplerSpec, plan: RunPla
         y: &y,
         eta: inst.eta,
     };
-    RunContext::new(parts, spec).unwrap().run(&plan, &NoProgress).unwrap()
+    RunContext::new(parts, spec)
+        .unwrap()
+        .run(&plan, &NoProgress)
+        .unwrap()
 }
 
 #[test]
@@ -109,8 +127,18 @@ fn mala_acceptance_is_weighted_by_samples_over_all_batches() {
     let s = spec("kind = \"mala\"\nsteps = 40\nh_rel = 1.5\ninit = \"exact-prior\"").unwrap();
     let n = 10;
     let by_batch = |batch: usize| {
-        let o = run_with(&inst, &s, RunPlan { batch: Some(batch), ..RunPlan::new(n, 5) });
-        (o.diagnostics.acceptance.unwrap(), o.info.acceptance.unwrap())
+        let o = run_with(
+            &inst,
+            &s,
+            RunPlan {
+                batch: Some(batch),
+                ..RunPlan::new(n, 5)
+            },
+        );
+        (
+            o.diagnostics.acceptance.unwrap(),
+            o.info.acceptance.unwrap(),
+        )
     };
     // One sample per batch: the mean over the 10 per-sample rates.
     let (per_sample, _) = by_batch(1);
@@ -119,11 +147,18 @@ fn mala_acceptance_is_weighted_by_samples_over_all_batches() {
     let (one_batch, _) = by_batch(10);
     assert_eq!(per_sample.samples, 10);
     assert_eq!(uneven.samples, 10);
-    assert!((uneven.mean - per_sample.mean).abs() < 1e-12, "{uneven:?} vs {per_sample:?}");
+    assert!(
+        (uneven.mean - per_sample.mean).abs() < 1e-12,
+        "{uneven:?} vs {per_sample:?}"
+    );
     assert!((one_batch.mean - per_sample.mean).abs() < 1e-12);
     // The first batch alone (what summary.json used to report) is a different number here, and
     // an unweighted mean of the 4 batch means would be too.
-    assert!((first_batch - per_sample.mean).abs() > 1e-3, "{first_batch} vs {}", per_sample.mean);
+    assert!(
+        (first_batch - per_sample.mean).abs() > 1e-3,
+        "{first_batch} vs {}",
+        per_sample.mean
+    );
     let accs: Vec<f64> = (0..4)
         .map(|b| {
             let o = run_with(

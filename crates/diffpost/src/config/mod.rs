@@ -29,9 +29,13 @@ use crate::{Error, Result};
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum VectorOperatorSpec {
     /// `[m, d]` `.npy`.
-    Matrix { path: PathBuf },
+    Matrix {
+        path: PathBuf,
+    },
     /// 0/1 `[d]` `.npy`; `y` holds the observed coordinates only.
-    Mask { path: PathBuf },
+    Mask {
+        path: PathBuf,
+    },
     Identity {},
 }
 
@@ -48,7 +52,11 @@ const OPERATOR_KINDS: &str = "matrix | mask | identity | inpaint | box | superre
 
 impl OperatorSpec {
     fn from_value(v: toml::Value) -> std::result::Result<Self, String> {
-        let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
+        let kind = v
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or("")
+            .to_string();
         match kind.as_str() {
             "matrix" | "mask" | "identity" => v
                 .try_into()
@@ -236,12 +244,13 @@ impl ProblemConfig {
             .and_then(|v| v.as_str())
             .unwrap_or("annealed")
             .to_string();
-        let warnings: Vec<String> = deprecated_keys(&kind, sampler_table.keys().map(|k| k.as_str()))
-            .into_iter()
-            .map(|(old, new)| {
-                format!("[sampler] `{old}` is deprecated: use `{new}` (same meaning)")
-            })
-            .collect();
+        let warnings: Vec<String> =
+            deprecated_keys(&kind, sampler_table.keys().map(|k| k.as_str()))
+                .into_iter()
+                .map(|(old, new)| {
+                    format!("[sampler] `{old}` is deprecated: use `{new}` (same meaning)")
+                })
+                .collect();
         let mut sampler = SamplerSpec::from_table(&sampler_table).map_err(|e| match e {
             Error::InvalidParam { field, reason } => err(&field, reason),
             other => err("sampler", other.to_string()),
@@ -451,8 +460,10 @@ impl LoadedProblem {
         // Defaults resolved at run time (eta_1 of the schedule), so `params` lists every value used.
         if let Some(etas) = &out.info.etas {
             if let Some(o) = params.as_object_mut() {
-                if matches!(c.sampler, SamplerSpec::Annealed(_) | SamplerSpec::Local(_) | SamplerSpec::Cs(_))
-                    && !o.contains_key("eta_max")
+                if matches!(
+                    c.sampler,
+                    SamplerSpec::Annealed(_) | SamplerSpec::Local(_) | SamplerSpec::Cs(_)
+                ) && !o.contains_key("eta_max")
                 {
                     o.insert("eta_max".into(), serde_json::json!(etas[0]));
                 }
@@ -460,8 +471,14 @@ impl LoadedProblem {
         }
         let mut prior = serde_json::to_value(&c.prior).unwrap_or_default();
         if let Some(o) = prior.as_object_mut() {
-            o.insert("sigma_range".into(), serde_json::json!(self.prior.denoiser.sigma_range()));
-            o.insert("image_shape".into(), serde_json::json!(self.prior.image_shape));
+            o.insert(
+                "sigma_range".into(),
+                serde_json::json!(self.prior.denoiser.sigma_range()),
+            );
+            o.insert(
+                "image_shape".into(),
+                serde_json::json!(self.prior.image_shape),
+            );
             o.insert("device".into(), serde_json::json!(format!("{device:?}")));
             if let Some(p) = &self.prior.perturbation {
                 o.insert("perturbation".into(), serde_json::json!(p));

@@ -180,16 +180,25 @@ impl PriorSpec {
                     return Err(Error::param("prior.d", "d must be >= 1"));
                 }
                 if !(p.var > 0.0) || !p.var.is_finite() {
-                    return Err(Error::param("prior.var", format!("must be > 0, got {}", p.var)));
+                    return Err(Error::param(
+                        "prior.var",
+                        format!("must be > 0, got {}", p.var),
+                    ));
                 }
                 if !p.mean.is_finite() {
-                    return Err(Error::param("prior.mean", format!("must be finite, got {}", p.mean)));
+                    return Err(Error::param(
+                        "prior.mean",
+                        format!("must be finite, got {}", p.mean),
+                    ));
                 }
             }
             PriorSpec::GuidedDiffusion(g) => {
                 timestep_mode(&g.timestep)?;
                 if g.preset.is_some() && g.config.is_some() {
-                    return Err(Error::param("prior.preset", "give `preset` or `config`, not both"));
+                    return Err(Error::param(
+                        "prior.preset",
+                        "give `preset` or `config`, not both",
+                    ));
                 }
                 if g.preset.is_none() && g.config.is_none() {
                     return Err(Error::param(
@@ -217,7 +226,10 @@ impl PriorSpec {
             PriorSpec::DiffusersUnet(g) => {
                 timestep_mode(&g.timestep)?;
                 if g.preset.is_some() && g.config.is_some() {
-                    return Err(Error::param("prior.preset", "give `preset` or `config`, not both"));
+                    return Err(Error::param(
+                        "prior.preset",
+                        "give `preset` or `config`, not both",
+                    ));
                 }
                 if let Some(p) = &g.preset {
                     UNet2DConfig::preset(p)?;
@@ -275,7 +287,10 @@ impl PriorSpec {
             image_shape: Some(shape),
         };
         match self {
-            PriorSpec::Gmm(p) => analytic(GaussianMixture::from_npz(resolve(dir, &p.path))?, &p.perturb),
+            PriorSpec::Gmm(p) => analytic(
+                GaussianMixture::from_npz(resolve(dir, &p.path))?,
+                &p.perturb,
+            ),
             PriorSpec::Isotropic(p) => analytic(
                 GaussianMixture::isotropic(vec![p.mean; p.d], p.var)?,
                 &p.perturb,
@@ -298,8 +313,9 @@ impl PriorSpec {
                 };
                 let schedule = VpSchedule::new(&betas, steps)?;
                 let net = load_guided(&resolve(dir, &g.path), &cfg, g.key.as_deref(), device)?;
-                let den = VpDenoiser::new(Box::new(net), schedule, Prediction::Epsilon, device.clone())
-                    .with_timestep_mode(timestep_mode(&g.timestep)?);
+                let den =
+                    VpDenoiser::new(Box::new(net), schedule, Prediction::Epsilon, device.clone())
+                        .with_timestep_mode(timestep_mode(&g.timestep)?);
                 let shape = den.image_shape();
                 Ok(network(Box::new(den), shape))
             }
@@ -309,7 +325,8 @@ impl PriorSpec {
                     (None, Some(c)) => Some(read_json(&resolve(dir, c), "diffusers UNet config")?),
                     (None, None) => None,
                 };
-                let (net, files) = load_diffusers(&resolve(dir, &g.path), cfg, g.key.as_deref(), device)?;
+                let (net, files) =
+                    load_diffusers(&resolve(dir, &g.path), cfg, g.key.as_deref(), device)?;
                 let sched = diffusers_scheduler(&files)?;
                 let (schedule, prediction) = sched.to_vp().map_err(|e| Error::File {
                     path: files

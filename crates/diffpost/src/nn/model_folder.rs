@@ -38,7 +38,8 @@ impl ModelFile {
 
     /// Writes `dir/config.json` (atomically).
     pub fn write(&self, dir: &Path) -> Result<()> {
-        let text = serde_json::to_string_pretty(self).map_err(|e| Error::Numerical(e.to_string()))?;
+        let text =
+            serde_json::to_string_pretty(self).map_err(|e| Error::Numerical(e.to_string()))?;
         crate::io::write_bytes(&dir.join(CONFIG_FILE), text.as_bytes())
     }
 
@@ -58,4 +59,51 @@ pub fn load(dir: &Path, device: &Device) -> Result<EdmDenoiser> {
         mf.sigma_min,
         mf.sigma_max,
     )
+}
+
+impl ModelFile {
+    /// Whether a checkpoint written under `self` can be resumed under `other`: the same
+    /// architecture, seed and batch size (the data stream depends on the last two).
+    pub fn resumable_as(&self, other: &ModelFile) -> bool {
+        self.model == other.model
+            && self.train.seed == other.train.seed
+            && self.train.batch_size == other.train.batch_size
+    }
+}
+
+/// Trains until `steps`, writing into `dir` at every multiple of `every` steps (and at the end):
+/// the full checkpoint, the EMA weights, and a line `step avg_loss` appended to `loss.txt`
+/// (`avg_loss`: exponential moving average of the loss, weight 0.02). `on_step(step, avg_loss)`
+/// is called after every step (progress display).
+pub fn train_into(
+    trainer: &mut super::Trainer,
+    dir: &Path,
+    steps: u64,
+    every: u64,
+    mut on_step: impl FnMut(u64, f64),
+) -> Result<()> {
+    let every = every.max(1);
+    let mut avg = f64::NAN;
+    while trainer.step_count() < steps {
+        // Train up to the next checkpoint boundary, then checkpoint and refresh the EMA export.
+        let target = ((trainer.step_count() / every) + 1) * every;
+        while trainer.step_count() < target.min(steps) {
+            let loss = trainer.step()?;
+            avg = if avg.is_nan() {
+                loss
+            } else {
+                0.98 * avg + 0.02 * loss
+            };
+            on_step(trainer.step_count(), avg);
+        }
+        trainer.save_checkpoint(dir)?;
+        trainer.export(dir)?;
+        let logp = dir.join("loss.txt");
+        let prev = std::fs::read_to_string(&logp).unwrap_or_default();
+        crate::io::write_bytes(
+            &logp,
+            format!("{prev}{} {avg}\n", trainer.step_count()).as_bytes(),
+        )?;
+    }
+    Ok(())
 }

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use shard::Shard;
 
+use crate::operator::LinearOperator;
 use crate::prior::{Denoiser, ExactSample, GaussianMixture};
 use crate::rng::SampleStreams;
 use crate::sampler::settings::WarmStart;
@@ -29,7 +30,6 @@ use crate::sampler::{
     ald, annealed, cs, daps, diffusion, dps, exact, local, mala, ula, Info, Monitor, Output,
     Problem, Silent,
 };
-use crate::operator::LinearOperator;
 use crate::{Error, Result};
 
 /// The parts of an inverse problem a run needs, borrowed from their owner (a loaded config, a
@@ -87,7 +87,11 @@ impl<'a> RunContext<'a> {
         match spec {
             SamplerSpec::Exact(_) => {
                 let g = need_analytic("exact")?;
-                let y: Vec<f64> = problem.y.flatten_all()?.to_dtype(candle_core::DType::F64)?.to_vec1()?;
+                let y: Vec<f64> = problem
+                    .y
+                    .flatten_all()?
+                    .to_dtype(candle_core::DType::F64)?
+                    .to_vec1()?;
                 posterior = Some(g.posterior(parts.op, &y, parts.eta)?);
             }
             SamplerSpec::Mala(_) => {
@@ -119,14 +123,12 @@ impl<'a> RunContext<'a> {
                         match t.dims() {
                             [dd] if *dd == d => Warm::Shared(t.unsqueeze(0)?),
                             [_, dd] if *dd == d => Warm::Rows(t),
-                            other => {
-                                return Err(Error::File {
-                                    path: p.clone(),
-                                    reason: format!(
-                                        "warm start must be [d] or [n, d] with d = {d}, got {other:?}"
-                                    ),
-                                })
-                            }
+                            other => return Err(Error::File {
+                                path: p.clone(),
+                                reason: format!(
+                                    "warm start must be [d] or [n, d] with d = {d}, got {other:?}"
+                                ),
+                            }),
                         }
                     }
                 });
@@ -157,7 +159,10 @@ impl<'a> RunContext<'a> {
     /// `[n, d]` (row `i` for sample `i`); replaces the spec's own warm start.
     pub fn with_warm_start(mut self, x0: Tensor) -> Result<Self> {
         if !matches!(self.spec, SamplerSpec::Local(_)) {
-            return Err(Error::param("sampler.kind", "a warm start applies to `local` only"));
+            return Err(Error::param(
+                "sampler.kind",
+                "a warm start applies to `local` only",
+            ));
         }
         let d = self.problem.prior.dim();
         let x0 = x0.to_dtype(candle_core::DType::F64)?;
@@ -268,9 +273,19 @@ impl<'a> RunContext<'a> {
         for (len, o) in &outs {
             diagnostics.add(o, *len as u64);
         }
-        let samples = Tensor::cat(&outs.iter().map(|(_, o)| o.samples.clone()).collect::<Vec<_>>(), 0)?
-            .to_device(&Device::Cpu)?;
-        let info = outs.into_iter().next().map(|(_, o)| o.info).unwrap_or_default();
+        let samples = Tensor::cat(
+            &outs
+                .iter()
+                .map(|(_, o)| o.samples.clone())
+                .collect::<Vec<_>>(),
+            0,
+        )?
+        .to_device(&Device::Cpu)?;
+        let info = outs
+            .into_iter()
+            .next()
+            .map(|(_, o)| o.info)
+            .unwrap_or_default();
         Ok(RunOutput {
             samples,
             info,
@@ -313,7 +328,10 @@ impl RunPlan {
         if p == 0 || self.n % p != 0 {
             return Err(Error::param(
                 "run.n",
-                format!("must be a multiple of the population size {p}, got {}", self.n),
+                format!(
+                    "must be a multiple of the population size {p}, got {}",
+                    self.n
+                ),
             ));
         }
         let populations = self.n / p;
@@ -414,13 +432,19 @@ impl Diagnostics {
     /// Adds a batch's output over `count` samples.
     pub fn add(&mut self, o: &Output, count: u64) {
         let e = &mut self.score_evals_per_sample;
-        e.min = if e.samples == 0 { o.score_evals } else { e.min.min(o.score_evals) };
+        e.min = if e.samples == 0 {
+            o.score_evals
+        } else {
+            e.min.min(o.score_evals)
+        };
         e.max = e.max.max(o.score_evals);
         e.total += o.score_evals * count;
         e.samples += count;
         e.mean = e.total as f64 / e.samples as f64;
         if let Some(a) = o.info.acceptance {
-            self.acceptance.get_or_insert_with(Default::default).add(a, count);
+            self.acceptance
+                .get_or_insert_with(Default::default)
+                .add(a, count);
         }
         self.samples += count;
     }
@@ -430,14 +454,20 @@ impl Diagnostics {
         let e = &mut self.score_evals_per_sample;
         let f = &o.score_evals_per_sample;
         if f.samples > 0 {
-            e.min = if e.samples == 0 { f.min } else { e.min.min(f.min) };
+            e.min = if e.samples == 0 {
+                f.min
+            } else {
+                e.min.min(f.min)
+            };
             e.max = e.max.max(f.max);
             e.total += f.total;
             e.samples += f.samples;
             e.mean = e.total as f64 / e.samples as f64;
         }
         if let Some(a) = &o.acceptance {
-            self.acceptance.get_or_insert_with(Default::default).merge(a);
+            self.acceptance
+                .get_or_insert_with(Default::default)
+                .merge(a);
         }
         self.samples += o.samples;
     }

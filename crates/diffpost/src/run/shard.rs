@@ -117,7 +117,9 @@ pub fn merge(parts: Vec<(RunSummary, Tensor, String)>) -> Result<(RunSummary, Te
             } else {
                 Err(Error::param(
                     "merge",
-                    format!("{name} is not a shard of the same run as {first_name}: its {what} differs"),
+                    format!(
+                        "{name} is not a shard of the same run as {first_name}: its {what} differs"
+                    ),
                 ))
             }
         };
@@ -126,7 +128,10 @@ pub fn merge(parts: Vec<(RunSummary, Tensor, String)>) -> Result<(RunSummary, Te
         same("sampler", s.sampler == first.sampler)?;
         same("n", s.n == first.n)?;
         same("shard count", s.run.shard.count == count)?;
-        same("population size", s.run.population_size == first.run.population_size)?;
+        same(
+            "population size",
+            s.run.population_size == first.run.population_size,
+        )?;
         let rows = (s.run.sample_range[1] - s.run.sample_range[0]) as usize;
         let expect = s.run.shard.range(s.run.populations)?;
         if x.dims() != [rows, s.d] || [expect.start, expect.end] != s.run.population_range {
@@ -178,7 +183,10 @@ pub fn merge(parts: Vec<(RunSummary, Tensor, String)>) -> Result<(RunSummary, Te
     merged
         .extra
         .insert("merged_from".into(), serde_json::json!(parts.len()));
-    let x = Tensor::cat(&parts.iter().map(|(_, x, _)| x.clone()).collect::<Vec<_>>(), 0)?;
+    let x = Tensor::cat(
+        &parts.iter().map(|(_, x, _)| x.clone()).collect::<Vec<_>>(),
+        0,
+    )?;
     Ok((merged, x))
 }
 

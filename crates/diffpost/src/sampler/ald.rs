@@ -7,9 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    check_finite, prior_lipschitz, Counted, Info, Monitor, Output, Problem,
-};
+use super::{check_finite, prior_lipschitz, Counted, Info, Monitor, Output, Problem};
 use crate::prior::Denoiser;
 use crate::rng::SampleStreams;
 use crate::schedule::sigma_geometric;
@@ -48,7 +46,11 @@ impl Default for AldConfig {
 impl AldConfig {
     /// Range checks that need no problem.
     pub fn validate(&self) -> Result<()> {
-        if self.stages < 2 || self.steps_per_stage < 1 || !(self.h_rel > 0.0) || !self.h_rel.is_finite() {
+        if self.stages < 2
+            || self.steps_per_stage < 1
+            || !(self.h_rel > 0.0)
+            || !self.h_rel.is_finite()
+        {
             return Err(Error::param(
                 "sampler",
                 "ALD needs stages >= 2, steps_per_stage >= 1, h_rel > 0",

@@ -90,7 +90,10 @@ impl AnnealedConfig {
         }
         if let Some(e) = self.eta_max {
             if !(e > 0.0) || !e.is_finite() {
-                return Err(Error::param("sampler.eta_max", format!("must be > 0, got {e}")));
+                return Err(Error::param(
+                    "sampler.eta_max",
+                    format!("must be > 0, got {e}"),
+                ));
             }
         }
         if let Init::Diffusion(c) = &self.init {

@@ -61,18 +61,27 @@ impl CsConfig {
     /// Range checks that need no problem.
     pub fn validate(&self) -> Result<()> {
         if !(self.delta > 0.0) || !self.delta.is_finite() {
-            return Err(Error::param("sampler.delta", format!("must be > 0, got {}", self.delta)));
+            return Err(Error::param(
+                "sampler.delta",
+                format!("must be > 0, got {}", self.delta),
+            ));
         }
         if let Some(r) = self.radius {
             if !(r > 0.0) || !r.is_finite() {
-                return Err(Error::param("sampler.radius", format!("must be > 0, got {r}")));
+                return Err(Error::param(
+                    "sampler.radius",
+                    format!("must be > 0, got {r}"),
+                ));
             }
         }
         match self.estimator {
             Estimator::Lasso { lambda, iters } => {
                 if let Some(l) = lambda {
                     if !(l >= 0.0) || !l.is_finite() {
-                        return Err(Error::param("sampler.lambda", format!("must be >= 0, got {l}")));
+                        return Err(Error::param(
+                            "sampler.lambda",
+                            format!("must be >= 0, got {l}"),
+                        ));
                     }
                 }
                 if iters == 0 {

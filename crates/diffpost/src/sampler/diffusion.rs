@@ -67,12 +67,18 @@ impl DiffusionConfig {
         for (k, v) in [("sigma_max", self.sigma_max), ("sigma_min", self.sigma_min)] {
             if let Some(v) = v {
                 if !(v > 0.0) || !v.is_finite() {
-                    return Err(Error::param(format!("sampler.{k}"), format!("must be > 0, got {v}")));
+                    return Err(Error::param(
+                        format!("sampler.{k}"),
+                        format!("must be > 0, got {v}"),
+                    ));
                 }
             }
         }
         if !(self.rho > 0.0) || !self.rho.is_finite() {
-            return Err(Error::param("sampler.rho", format!("must be > 0, got {}", self.rho)));
+            return Err(Error::param(
+                "sampler.rho",
+                format!("must be > 0, got {}", self.rho),
+            ));
         }
         Ok(())
     }

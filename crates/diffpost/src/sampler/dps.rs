@@ -46,11 +46,17 @@ impl DpsConfig {
         if self.steps < 1 || self.steps > self.train_steps {
             return Err(Error::param(
                 "sampler.steps",
-                format!("need 1 <= steps <= {}, got {}", self.train_steps, self.steps),
+                format!(
+                    "need 1 <= steps <= {}, got {}",
+                    self.train_steps, self.steps
+                ),
             ));
         }
         if !(self.zeta >= 0.0) || !self.zeta.is_finite() {
-            return Err(Error::param("sampler.zeta", format!("must be >= 0, got {}", self.zeta)));
+            return Err(Error::param(
+                "sampler.zeta",
+                format!("must be >= 0, got {}", self.zeta),
+            ));
         }
         if !(self.beta_start > 0.0 && self.beta_start <= self.beta_end && self.beta_end < 1.0) {
             return Err(Error::param(

@@ -7,9 +7,7 @@ use candle_core::{Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use super::ula::{initialise, Init};
-use super::{
-    check_finite, prior_lipschitz, Counted, Info, Monitor, Output, Problem, StepRule,
-};
+use super::{check_finite, prior_lipschitz, Counted, Info, Monitor, Output, Problem, StepRule};
 use crate::prior::{ExactSample, LogDensity};
 use crate::rng::SampleStreams;
 use crate::Result;

@@ -135,6 +135,22 @@ impl<'a> Problem<'a> {
         (smax, smin)
     }
 
+    /// Data residual `|y - A x| / (eta sqrt(m))` of every row of `x: [B, d]`: about 1 for a sample
+    /// consistent with the noise, the scale against which a run's health is judged.
+    pub fn normalized_residuals(&self, x: &Tensor) -> Result<Vec<f64>> {
+        let x = x
+            .to_dtype(candle_core::DType::F64)?
+            .to_device(&self.y.device().clone())?;
+        let r = self.y.broadcast_sub(&self.op.apply(&x)?)?;
+        let m = self.op.out_dim() as f64;
+        Ok(r.sqr()?
+            .sum(1)?
+            .sqrt()?
+            .affine(1.0 / (self.eta * m.sqrt()), 0.0)?
+            .to_dtype(candle_core::DType::F64)?
+            .to_vec1()?)
+    }
+
     /// Likelihood gradient `A^T (y - A x) / eta^2` (y `[1, m]` or `[B, m]`).
     pub fn likelihood_grad(&self, x: &Tensor, y: &Tensor, eta: f64) -> Result<Tensor> {
         let r = y.broadcast_sub(&self.op.apply(x)?)?;

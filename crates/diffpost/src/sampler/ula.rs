@@ -7,10 +7,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::diffusion::DiffusionConfig;
-use super::{
-    check_finite, prior_lipschitz_at, Counted, Info, Monitor, Output, Problem,
-    StepRule,
-};
+use super::{check_finite, prior_lipschitz_at, Counted, Info, Monitor, Output, Problem, StepRule};
 use crate::prior::{Denoiser, ExactSample};
 use crate::rng::SampleStreams;
 use crate::{Error, Result};
