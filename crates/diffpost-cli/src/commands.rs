@@ -9,7 +9,7 @@ use diffpost::config::ProblemConfig;
 use diffpost::metrics::exact_reference;
 use diffpost::prior::Denoiser;
 use diffpost::rng::SampleStreams;
-use diffpost::run::shard::{merge as merge_shards, RunSummary};
+use diffpost::run::summary::{merge as merge_shards, RunSummary};
 use diffpost::run::{NoProgress, ProblemParts, Progress, RunContext, RunPlan, Shard};
 use diffpost::sampler::spec::{SamplerSpec, KINDS};
 use indicatif::{ProgressBar, ProgressStyle};

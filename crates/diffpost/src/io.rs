@@ -69,3 +69,12 @@ pub fn write_npy(path: &Path, t: &Tensor) -> Result<()> {
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     atomic_write(path, |tmp| Ok(std::fs::write(tmp, bytes)?))
 }
+
+/// `dir/p` unless `p` is absolute (config paths are relative to the config's folder).
+pub fn resolve(dir: &Path, p: &Path) -> std::path::PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        dir.join(p)
+    }
+}

@@ -4,7 +4,7 @@
 use candle_core::{Device, Tensor};
 use diffpost::operator::Dense;
 use diffpost::prior::Denoiser;
-use diffpost::run::shard::{merge, RunSummary};
+use diffpost::run::summary::{merge, RunSummary};
 use diffpost::run::{Layout, NoProgress, ProblemParts, RunContext, RunPlan, Shard};
 use diffpost::sampler::spec::{SamplerSpec, KINDS};
 

@@ -18,7 +18,7 @@ pub use prior::{LoadedPrior, PerturbSpec, PriorSpec};
 
 use crate::operator::image::ImageOperatorSpec;
 use crate::operator::{Dense, Identity, LinearOperator, Mask};
-use crate::run::shard::RunSummary;
+use crate::run::summary::RunSummary;
 use crate::run::{ProblemParts, RunOutput};
 use crate::sampler::settings::{deprecated_keys, WarmStart};
 use crate::sampler::spec::SamplerSpec;
@@ -152,14 +152,7 @@ pub struct ProblemConfig {
     pub warnings: Vec<String>,
 }
 
-/// `dir/p` unless `p` is absolute.
-pub fn resolve(dir: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        dir.join(p)
-    }
-}
+pub use crate::io::resolve;
 
 impl ProblemConfig {
     /// Reads and validates `path`.

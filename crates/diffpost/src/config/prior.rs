@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use super::resolve;
+use crate::io::resolve;
 use crate::nn::diffusers_unet::UNet2DConfig;
 use crate::nn::guided::GuidedUNetConfig;
 use crate::nn::pretrained::{diffusers_scheduler, load_diffusers, load_guided, read_json};

@@ -10,6 +10,7 @@
 //! population depends neither on the batch it ran in, the thread count nor the shard.
 
 pub mod shard;
+pub mod summary;
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -123,12 +124,14 @@ impl<'a> RunContext<'a> {
                         match t.dims() {
                             [dd] if *dd == d => Warm::Shared(t.unsqueeze(0)?),
                             [_, dd] if *dd == d => Warm::Rows(t),
-                            other => return Err(Error::File {
-                                path: p.clone(),
-                                reason: format!(
+                            other => {
+                                return Err(Error::File {
+                                    path: p.clone(),
+                                    reason: format!(
                                     "warm start must be [d] or [n, d] with d = {d}, got {other:?}"
                                 ),
-                            }),
+                                })
+                            }
                         }
                     }
                 });

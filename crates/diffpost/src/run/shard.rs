@@ -1,14 +1,10 @@
-//! Sharded runs: shard `K` of `N` holds a contiguous block of the run's populations; [`merge`]
-//! checks that a set of shard outputs is exactly one run (same config fingerprint and seed, every
-//! shard once) and puts it back together in population order.
+//! Sharded runs: shard `K` of `N` holds a contiguous block of the run's populations
+//! ([`super::summary::merge`] puts the shards back together).
 
 use std::ops::Range;
 
-use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{Diagnostics, Layout};
-use crate::sampler::Info;
 use crate::{Error, Result};
 
 /// Shard `index` (0-based) of `count`.
@@ -66,128 +62,6 @@ impl Shard {
         let len = base + usize::from(self.index < extra);
         Ok(start..start + len)
     }
-}
-
-/// `summary.json`: what a run (or one shard of it) did, with what, and its diagnostics.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunSummary {
-    pub sampler: String,
-    /// Every `[sampler]` setting used, defaults filled in (a valid `[sampler]` table).
-    pub params: serde_json::Value,
-    /// The schedule and step sizes.
-    pub info: Info,
-    /// The prior as configured (kind, path, ...).
-    pub prior: serde_json::Value,
-    pub operator: String,
-    pub eta: f64,
-    /// Samples of the whole run (a shard holds `run.sample_range` of them).
-    pub n: usize,
-    pub d: usize,
-    pub seed: u64,
-    /// Score evaluations per sample (the largest over populations; mean in `diagnostics`).
-    pub score_evals_per_sample: u64,
-    pub diagnostics: Diagnostics,
-    /// Populations and shard.
-    pub run: Layout,
-    /// Hash of everything that determines the samples (config, measurement values, n, seed);
-    /// shards of one run carry the same.
-    pub fingerprint: String,
-    /// Wall time of the sampling (summed over shards after a merge).
-    pub wall_s: f64,
-    /// Non-fatal notes (deprecated key names, ...).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<String>,
-    /// Anything else the writer adds (image metrics, score-error norms, ...).
-    #[serde(flatten)]
-    pub extra: serde_json::Map<String, serde_json::Value>,
-}
-
-/// Puts shard outputs back together. Each part is `(summary, samples, name)`, `name` used in
-/// errors (a folder). Refuses parts of different runs (fingerprint, seed, n, sampler, shard
-/// count), a missing or repeated shard, and samples whose rows do not match their shard.
-pub fn merge(parts: Vec<(RunSummary, Tensor, String)>) -> Result<(RunSummary, Tensor)> {
-    let Some((first, _, first_name)) = parts.first() else {
-        return Err(Error::param("merge", "no shards given"));
-    };
-    let count = first.run.shard.count;
-    for (s, x, name) in &parts {
-        let same = |what: &str, ok: bool| {
-            if ok {
-                Ok(())
-            } else {
-                Err(Error::param(
-                    "merge",
-                    format!(
-                        "{name} is not a shard of the same run as {first_name}: its {what} differs"
-                    ),
-                ))
-            }
-        };
-        same("seed", s.seed == first.seed)?;
-        same("config fingerprint", s.fingerprint == first.fingerprint)?;
-        same("sampler", s.sampler == first.sampler)?;
-        same("n", s.n == first.n)?;
-        same("shard count", s.run.shard.count == count)?;
-        same(
-            "population size",
-            s.run.population_size == first.run.population_size,
-        )?;
-        let rows = (s.run.sample_range[1] - s.run.sample_range[0]) as usize;
-        let expect = s.run.shard.range(s.run.populations)?;
-        if x.dims() != [rows, s.d] || [expect.start, expect.end] != s.run.population_range {
-            return Err(Error::shape(
-                format!("{name}: samples of shard {}/{count}", s.run.shard.index),
-                format!("[{rows}, {}]", s.d),
-                x.dims(),
-            ));
-        }
-    }
-    let mut seen = vec![None::<&str>; count];
-    for (s, _, name) in &parts {
-        let k = s.run.shard.index;
-        if let Some(prev) = seen[k] {
-            return Err(Error::param(
-                "merge",
-                format!("shard {k}/{count} is given twice ({prev} and {name})"),
-            ));
-        }
-        seen[k] = Some(name);
-    }
-    let missing: Vec<String> = seen
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.is_none())
-        .map(|(k, _)| format!("{k}/{count}"))
-        .collect();
-    if !missing.is_empty() {
-        return Err(Error::param(
-            "merge",
-            format!("missing shard(s) {}", missing.join(", ")),
-        ));
-    }
-    let mut parts = parts;
-    parts.sort_by_key(|(s, _, _)| s.run.shard.index);
-    let mut merged = parts[0].0.clone();
-    let mut diagnostics = Diagnostics::default();
-    let mut wall = 0.0;
-    for (s, _, _) in &parts {
-        diagnostics.merge(&s.diagnostics);
-        wall += s.wall_s;
-    }
-    merged.score_evals_per_sample = diagnostics.score_evals_per_sample.max;
-    merged.diagnostics = diagnostics;
-    merged.wall_s = wall;
-    merged.run.shard = Shard::WHOLE;
-    merged.run.population_range = [0, merged.run.populations];
-    merged.run.sample_range = [0, merged.n as u64];
-    merged
-        .extra
-        .insert("merged_from".into(), serde_json::json!(parts.len()));
-    let x = Tensor::cat(
-        &parts.iter().map(|(_, x, _)| x.clone()).collect::<Vec<_>>(),
-        0,
-    )?;
-    Ok((merged, x))
 }
 
 #[cfg(test)]

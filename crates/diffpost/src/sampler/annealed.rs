@@ -9,7 +9,7 @@
 //! 4. Output `X_N`.
 
 use candle_core::Tensor;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::diffusion::DiffusionConfig;
 use super::ula::{initialise, langevin, Init};
@@ -32,11 +32,7 @@ pub enum EtaSchedule {
 /// Algorithm 1 settings. Defaults (justified in docs/algorithms.md): 20 stages, geometric from
 /// `eta_max = eta * min(100, 2^((stages-1)/2))`, 400 steps per stage, `h_rel = 0.2`, diffusion start
 /// of 500 reverse-SDE steps: 8,100 score evaluations per sample.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(
-    try_from = "super::settings::AnnealedSettings",
-    into = "super::settings::AnnealedSettings"
-)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AnnealedConfig {
     /// `N`, the number of eta levels (N - 1 Langevin runs).
     pub stages: usize,

@@ -4,7 +4,7 @@
 //! `(x0', sigma)`. Under local log-concavity the error is at most `2r` when any algorithm achieves `r`.
 
 use candle_core::{DType, Tensor};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::local::{self, LocalConfig};
 use super::{Monitor, Output, Problem};
@@ -24,11 +24,7 @@ pub enum Estimator {
 }
 
 /// Algorithm 3 settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(
-    try_from = "super::settings::CsSettings",
-    into = "super::settings::CsSettings"
-)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CsConfig {
     pub estimator: Estimator,
     /// `R`, the estimator's error bound; default `sqrt(d) * sigma_max_hint / 50` (the prior's spread).

@@ -4,7 +4,7 @@
 //! `min(1, pi(x') q(x|x') / (pi(x) q(x'|x)))`, `log q(a|b) = -|a - b - h g(b)|^2 / (4h)`.
 
 use candle_core::{Tensor, D};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::ula::{initialise, Init};
 use super::{check_finite, prior_lipschitz, Counted, Info, Monitor, Output, Problem, StepRule};
@@ -13,11 +13,7 @@ use crate::rng::SampleStreams;
 use crate::Result;
 
 /// MALA settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(
-    try_from = "super::settings::MalaSettings",
-    into = "super::settings::MalaSettings"
-)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MalaConfig {
     /// Number of MH steps (default 2000); one score evaluation each (plus one at the start).
     pub steps: usize,

@@ -51,7 +51,10 @@ pub enum EstimatorKind {
 pub(crate) fn step_rule(h_rel: Option<f64>, h: Option<f64>, default: f64) -> Result<StepRule> {
     let rule = match (h_rel, h) {
         (Some(_), Some(_)) => {
-            return Err(Error::param("sampler.h", "set either `h_rel` or `h`, not both"))
+            return Err(Error::param(
+                "sampler.h",
+                "set either `h_rel` or `h`, not both",
+            ))
         }
         (_, Some(h)) => StepRule::Fixed { h },
         (h_rel, None) => StepRule::Relative {
@@ -192,6 +195,36 @@ macro_rules! annealed_keys {
         }
 
         impl $name {
+            /// Algorithm 1's keys from `a`, the extra ones as given.
+            #[allow(clippy::too_many_arguments, dead_code)]
+            fn from_parts(a: &AnnealedSettings, $($f: $t),*) -> Self {
+                Self {
+                    $($f,)*
+                    stages: a.stages,
+                    eta_max: a.eta_max,
+                    schedule: a.schedule,
+                    lambda: a.lambda,
+                    eps: a.eps,
+                    alpha: a.alpha,
+                    c: a.c,
+                    r: a.r,
+                    t: a.t,
+                    max_stages: a.max_stages,
+                    steps_per_stage: a.steps_per_stage,
+                    h_rel: a.h_rel,
+                    h: a.h,
+                    init: a.init,
+                    init_steps: a.init_steps,
+                    init_method: a.init_method,
+                    sigma_max: a.sigma_max,
+                    sigma_min: a.sigma_min,
+                    rho: a.rho,
+                    l_prior: a.l_prior,
+                    score_sigma: a.score_sigma,
+                    final_denoise: a.final_denoise,
+                }
+            }
+
             fn annealed_part(&self, schedule_lambda: Option<f64>) -> Result<AnnealedConfig> {
                 let schedule = match self.schedule {
                     ScheduleKind::Geometric => {
@@ -382,8 +415,7 @@ pub enum WarmStart {
 }
 
 /// `kind = "local"`: Algorithm 2 and its warm start.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "LocalSettings", into = "LocalSettings")]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LocalSpec {
     pub local: LocalConfig,
     pub warm_start: WarmStart,
@@ -391,46 +423,14 @@ pub struct LocalSpec {
 
 impl Default for LocalSettings {
     fn default() -> Self {
-        let a = AnnealedSettings::default();
-        let mut s = LocalSettings {
-            sigma: None,
-            start_at_x0: false,
-            warm_start: "dps".into(),
-            warm_steps: None,
-            zeta: None,
-            stages: 0,
-            eta_max: None,
-            schedule: ScheduleKind::Geometric,
-            lambda: None,
-            eps: None,
-            alpha: None,
-            c: None,
-            r: None,
-            t: None,
-            max_stages: None,
-            steps_per_stage: 0,
-            h_rel: None,
-            h: None,
-            init: InitKind::Diffusion,
-            init_steps: None,
-            init_method: None,
-            sigma_max: None,
-            sigma_min: None,
-            rho: None,
-            l_prior: None,
-            score_sigma: None,
-            final_denoise: false,
-        };
-        // Defaults of Algorithm 1 (the config round trip fills every field).
-        s.set_annealed_part(&AnnealedConfig::try_from(a).expect("defaults are valid"), true);
-        // Keys whose default depends on another key stay unset (filled in on conversion).
-        s.h_rel = None;
-        s.init_steps = None;
-        s.init_method = None;
-        s.sigma_max = None;
-        s.sigma_min = None;
-        s.rho = None;
-        s
+        LocalSettings::from_parts(
+            &AnnealedSettings::default(),
+            None,
+            false,
+            "dps".into(),
+            None,
+            None,
+        )
     }
 }
 
@@ -444,7 +444,10 @@ impl TryFrom<LocalSettings> for LocalSpec {
             )
         })?;
         if !(sigma > 0.0) || !sigma.is_finite() {
-            return Err(Error::param("sampler.sigma", format!("must be > 0, got {sigma}")));
+            return Err(Error::param(
+                "sampler.sigma",
+                format!("must be > 0, got {sigma}"),
+            ));
         }
         let warm_start = match s.warm_start.as_str() {
             "dps" => {
@@ -507,36 +510,14 @@ impl From<LocalSpec> for LocalSettings {
 
 impl Default for CsSettings {
     fn default() -> Self {
-        let l = LocalSettings::default();
-        CsSettings {
-            estimator: EstimatorKind::Lasso,
-            estimator_iters: 500,
-            radius: None,
-            delta: 1.0,
-            start_at_x0: false,
-            stages: l.stages,
-            eta_max: l.eta_max,
-            schedule: l.schedule,
-            lambda: None,
-            eps: None,
-            alpha: None,
-            c: None,
-            r: None,
-            t: None,
-            max_stages: None,
-            steps_per_stage: l.steps_per_stage,
-            h_rel: l.h_rel,
-            h: l.h,
-            init: l.init,
-            init_steps: l.init_steps,
-            init_method: l.init_method,
-            sigma_max: l.sigma_max,
-            sigma_min: l.sigma_min,
-            rho: l.rho,
-            l_prior: l.l_prior,
-            score_sigma: l.score_sigma,
-            final_denoise: l.final_denoise,
-        }
+        CsSettings::from_parts(
+            &AnnealedSettings::default(),
+            EstimatorKind::Lasso,
+            500,
+            None,
+            1.0,
+            false,
+        )
     }
 }
 
@@ -599,86 +580,102 @@ impl From<CsConfig> for CsSettings {
     }
 }
 
-/// `kind = "ula"`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct UlaSettings {
-    pub steps: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub h_rel: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub h: Option<f64>,
-    pub init: InitKind,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub init_steps: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub init_method: Option<Method>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sigma_max: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sigma_min: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rho: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub l_prior: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub score_sigma: Option<f64>,
+/// Declares the flat settings of a single Langevin chain (ULA, MALA): `steps`, the step rule,
+/// the start and `l_prior`, plus `extra` keys.
+macro_rules! chain_keys {
+    ($(#[$m:meta])* $name:ident { $($(#[$fm:meta])* $f:ident : $t:ty),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct $name {
+            pub steps: usize,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub h_rel: Option<f64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub h: Option<f64>,
+            pub init: InitKind,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub init_steps: Option<usize>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub init_method: Option<Method>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub sigma_max: Option<f64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub sigma_min: Option<f64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub rho: Option<f64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub l_prior: Option<f64>,
+            $($(#[$fm])* pub $f: $t,)*
+        }
+
+        impl $name {
+            fn init_keys(&self) -> InitKeys {
+                InitKeys {
+                    init: self.init,
+                    init_steps: self.init_steps,
+                    init_method: self.init_method,
+                    sigma_max: self.sigma_max,
+                    sigma_min: self.sigma_min,
+                    rho: self.rho,
+                }
+            }
+
+            /// `steps`, step rule, start and `l_prior` of a config; the extra keys as given.
+            fn from_chain(steps: usize, step: StepRule, init: &Init, l_prior: Option<f64>, $($f: $t),*) -> Self {
+                let (h_rel, h) = split_step(step);
+                let i = InitKeys::of(init);
+                Self {
+                    steps,
+                    h_rel,
+                    h,
+                    init: i.init,
+                    init_steps: i.init_steps,
+                    init_method: i.init_method,
+                    sigma_max: i.sigma_max,
+                    sigma_min: i.sigma_min,
+                    rho: i.rho,
+                    l_prior,
+                    $($f,)*
+                }
+            }
+
+            /// Defaults: keys whose default depends on another key stay unset.
+            fn unset_dependent(mut self) -> Self {
+                self.h_rel = None;
+                self.init_steps = None;
+                self.init_method = None;
+                self.sigma_max = None;
+                self.sigma_min = None;
+                self.rho = None;
+                self
+            }
+        }
+    };
 }
 
-impl UlaSettings {
-    fn init_keys(&self) -> InitKeys {
-        InitKeys {
-            init: self.init,
-            init_steps: self.init_steps,
-            init_method: self.init_method,
-            sigma_max: self.sigma_max,
-            sigma_min: self.sigma_min,
-            rho: self.rho,
-        }
+chain_keys! {
+    /// `kind = "ula"`.
+    UlaSettings {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        score_sigma: Option<f64>,
     }
-    fn set_init(&mut self, init: &Init) {
-        let i = InitKeys::of(init);
-        self.init = i.init;
-        self.init_steps = i.init_steps;
-        self.init_method = i.init_method;
-        self.sigma_max = i.sigma_max;
-        self.sigma_min = i.sigma_min;
-        self.rho = i.rho;
-    }
+}
+
+chain_keys! {
+    /// `kind = "mala"`: no `score_sigma` (MALA needs the exact log-density).
+    MalaSettings {}
 }
 
 impl Default for UlaSettings {
     fn default() -> Self {
-        let mut s: UlaSettings = UlaConfig::default().into();
-        // Keys whose default depends on another key stay unset (filled in on conversion).
-        s.h_rel = None;
-        s.init_steps = None;
-        s.init_method = None;
-        s.sigma_max = None;
-        s.sigma_min = None;
-        s.rho = None;
-        s
+        UlaSettings::from(UlaConfig::default()).unset_dependent()
     }
 }
 
 impl From<UlaConfig> for UlaSettings {
     fn from(c: UlaConfig) -> Self {
-        let (h_rel, h) = split_step(c.step);
-        let mut s = UlaSettings {
-            steps: c.steps,
-            h_rel,
-            h,
-            init: InitKind::Diffusion,
-            init_steps: None,
-            init_method: None,
-            sigma_max: None,
-            sigma_min: None,
-            rho: None,
-            l_prior: c.l_prior,
-            score_sigma: c.score_sigma,
-        };
-        s.set_init(&c.init);
-        s
+        UlaSettings::from_chain(c.steps, c.step, &c.init, c.l_prior, c.score_sigma)
     }
 }
 
@@ -697,60 +694,15 @@ impl TryFrom<UlaSettings> for UlaConfig {
     }
 }
 
-/// `kind = "mala"`: ULA's keys without `score_sigma` (MALA needs the exact log-density).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MalaSettings {
-    pub steps: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub h_rel: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub h: Option<f64>,
-    pub init: InitKind,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub init_steps: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub init_method: Option<Method>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sigma_max: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sigma_min: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rho: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub l_prior: Option<f64>,
-}
-
 impl Default for MalaSettings {
     fn default() -> Self {
-        let mut s: MalaSettings = MalaConfig::default().into();
-        // Keys whose default depends on another key stay unset (filled in on conversion).
-        s.h_rel = None;
-        s.init_steps = None;
-        s.init_method = None;
-        s.sigma_max = None;
-        s.sigma_min = None;
-        s.rho = None;
-        s
+        MalaSettings::from(MalaConfig::default()).unset_dependent()
     }
 }
 
 impl From<MalaConfig> for MalaSettings {
     fn from(c: MalaConfig) -> Self {
-        let (h_rel, h) = split_step(c.step);
-        let i = InitKeys::of(&c.init);
-        MalaSettings {
-            steps: c.steps,
-            h_rel,
-            h,
-            init: i.init,
-            init_steps: i.init_steps,
-            init_method: i.init_method,
-            sigma_max: i.sigma_max,
-            sigma_min: i.sigma_min,
-            rho: i.rho,
-            l_prior: c.l_prior,
-        }
+        MalaSettings::from_chain(c.steps, c.step, &c.init, c.l_prior)
     }
 }
 
@@ -760,15 +712,7 @@ impl TryFrom<MalaSettings> for MalaConfig {
         let c = MalaConfig {
             steps: s.steps,
             step: step_rule(s.h_rel, s.h, 0.5)?,
-            init: InitKeys {
-                init: s.init,
-                init_steps: s.init_steps,
-                init_method: s.init_method,
-                sigma_max: s.sigma_max,
-                sigma_min: s.sigma_min,
-                rho: s.rho,
-            }
-            .build()?,
+            init: s.init_keys().build()?,
             l_prior: s.l_prior,
         };
         c.validate()?;

@@ -4,13 +4,16 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::settings::{LocalSpec, NoSettings};
+use super::settings::{
+    AnnealedSettings, CsSettings, LocalSettings, LocalSpec, MalaSettings, NoSettings, UlaSettings,
+};
 use super::{ald, annealed, cs, daps, diffusion, dps, mala, ula};
 use crate::{Error, Result};
 
-/// A sampler and all of its settings (`[sampler]`, tagged by `kind`).
+/// A sampler and all of its settings (`[sampler]`, tagged by `kind`). It (de)serialises through
+/// the flat vocabulary of [`super::settings`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
+#[serde(try_from = "RawSpec", into = "RawSpec")]
 pub enum SamplerSpec {
     /// Algorithm 1 (docs/algorithms.md, "Algorithm 1 (annealed)").
     Annealed(annealed::AnnealedConfig),
@@ -27,6 +30,57 @@ pub enum SamplerSpec {
     Exact(NoSettings),
     /// Unconditional diffusion samples of the prior.
     Prior(diffusion::DiffusionConfig),
+}
+
+/// The `[sampler]` table as written: one flat settings struct per kind.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+enum RawSpec {
+    Annealed(AnnealedSettings),
+    Local(LocalSettings),
+    Cs(CsSettings),
+    Ula(UlaSettings),
+    Mala(MalaSettings),
+    Dps(dps::DpsConfig),
+    Daps(daps::DapsConfig),
+    Ald(ald::AldConfig),
+    Exact(NoSettings),
+    Prior(diffusion::DiffusionConfig),
+}
+
+impl TryFrom<RawSpec> for SamplerSpec {
+    type Error = Error;
+    fn try_from(r: RawSpec) -> Result<Self> {
+        Ok(match r {
+            RawSpec::Annealed(s) => SamplerSpec::Annealed(s.try_into()?),
+            RawSpec::Local(s) => SamplerSpec::Local(s.try_into()?),
+            RawSpec::Cs(s) => SamplerSpec::Cs(s.try_into()?),
+            RawSpec::Ula(s) => SamplerSpec::Ula(s.try_into()?),
+            RawSpec::Mala(s) => SamplerSpec::Mala(s.try_into()?),
+            RawSpec::Dps(c) => SamplerSpec::Dps(c),
+            RawSpec::Daps(c) => SamplerSpec::Daps(c),
+            RawSpec::Ald(c) => SamplerSpec::Ald(c),
+            RawSpec::Exact(c) => SamplerSpec::Exact(c),
+            RawSpec::Prior(c) => SamplerSpec::Prior(c),
+        })
+    }
+}
+
+impl From<SamplerSpec> for RawSpec {
+    fn from(s: SamplerSpec) -> Self {
+        match s {
+            SamplerSpec::Annealed(c) => RawSpec::Annealed(c.into()),
+            SamplerSpec::Local(l) => RawSpec::Local(l.into()),
+            SamplerSpec::Cs(c) => RawSpec::Cs(c.into()),
+            SamplerSpec::Ula(c) => RawSpec::Ula(c.into()),
+            SamplerSpec::Mala(c) => RawSpec::Mala(c.into()),
+            SamplerSpec::Dps(c) => RawSpec::Dps(c),
+            SamplerSpec::Daps(c) => RawSpec::Daps(c),
+            SamplerSpec::Ald(c) => RawSpec::Ald(c),
+            SamplerSpec::Exact(c) => RawSpec::Exact(c),
+            SamplerSpec::Prior(c) => RawSpec::Prior(c),
+        }
+    }
 }
 
 impl Default for SamplerSpec {

@@ -4,7 +4,7 @@
 //! docs/algorithms.md, "ULA"; step 3 of Algorithm 1 with the final `eta`).
 
 use candle_core::Tensor;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::diffusion::DiffusionConfig;
 use super::{check_finite, prior_lipschitz_at, Counted, Info, Monitor, Output, Problem, StepRule};
@@ -47,11 +47,7 @@ pub(crate) fn initialise(
 }
 
 /// ULA settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(
-    try_from = "super::settings::UlaSettings",
-    into = "super::settings::UlaSettings"
-)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UlaConfig {
     /// Number of Langevin steps (default 2000).
     pub steps: usize,
