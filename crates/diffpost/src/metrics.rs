@@ -815,3 +815,48 @@ pub fn exact_reference(
     )?;
     Ok((reference, floors))
 }
+
+/// Mode-weight total variation `0.5 sum_k |s_k - w_k|`: `s_k` the share of samples assigned to
+/// component `k` (`assign`), `w_k` the exact posterior component weights.
+pub fn mode_weight_tv(assign: &[usize], weights: &[f64]) -> f64 {
+    let n = assign.len().max(1) as f64;
+    let mut share = vec![0.0; weights.len()];
+    for &a in assign {
+        if a < share.len() {
+            share[a] += 1.0 / n;
+        }
+    }
+    0.5 * share
+        .iter()
+        .zip(weights)
+        .map(|(s, w)| (s - w).abs())
+        .sum::<f64>()
+}
+
+/// The mode-weight TV of the rows of `x` (each assigned to its most responsible component of
+/// `posterior`), with its noise floor: the same TV for `repeats` fresh exact sets of as many
+/// rows (the sets of [`exact_reference`]'s floors).
+pub fn mode_weight_tv_with_floor(
+    posterior: &crate::prior::GaussianMixture,
+    x: &Tensor,
+    repeats: usize,
+) -> Result<WithFloor> {
+    use crate::prior::ExactSample;
+    use crate::rng::SampleStreams;
+    let n = x.dims()[0];
+    let w = posterior.weights().to_vec();
+    let value = mode_weight_tv(&posterior.assign(x)?, &w);
+    let mut fl = Vec::with_capacity(repeats);
+    for rep in 0..repeats {
+        let e = posterior
+            .sample_exact(&mut SampleStreams::new(0x666c_6f6f + rep as u64, 0..n as u64))?;
+        fl.push(mode_weight_tv(&posterior.assign(&e)?, &w));
+    }
+    let mean = fl.iter().sum::<f64>() / repeats as f64;
+    let sd = (fl.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (repeats.max(2) - 1) as f64).sqrt();
+    Ok(WithFloor {
+        value,
+        floor_mean: mean,
+        floor_sd: sd,
+    })
+}

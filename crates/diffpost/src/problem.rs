@@ -77,3 +77,52 @@ pub fn denoise_instance(d: usize, eta: f64, seed: u64) -> Result<(Vec<f64>, Vec<
         .collect();
     Ok((x, y))
 }
+
+/// A mixture whose posterior is multimodal with mode weights unlike the prior's: `A` (`[m, d]`,
+/// entries `N(0, 1/m)`) cannot see the direction `n` that separates components 0 and 1
+/// (`mu_{0,1} = -/+ (sep/2) n -/+ c u`, `u` the direction `A` sees best), so their posterior
+/// weights are set by the small visible offset `c u` and the prior weights `0.6, 0.3`; component 2
+/// (`0.1`) sits away along a second visible direction and another null direction. Covariances
+/// `0.25 I`, so `sep = 4` puts the two modes 8 standard deviations apart. `y = A (b u) + eta xi`
+/// with `b` chosen so that component 1 (prior weight 0.3) gets the larger posterior weight.
+pub fn separated_gmm_instance(d: usize, m: usize, eta: f64, seed: u64) -> Result<Instance> {
+    if d < m + 2 || m < 2 {
+        return Err(Error::param("d/m", "need m >= 2 and d >= m + 2"));
+    }
+    if !(eta > 0.0) {
+        return Err(Error::param("eta", "must be > 0"));
+    }
+    let mut s = SampleStreams::new(seed, [0]);
+    let a = DMatrix::from_row_slice(m, d, &s.normal_vec(m * d)) / (m as f64).sqrt();
+    let ata = a.transpose() * &a;
+    let eig = nalgebra::SymmetricEigen::new(ata);
+    let mut order: Vec<usize> = (0..d).collect();
+    order.sort_by(|&i, &j| eig.eigenvalues[i].partial_cmp(&eig.eigenvalues[j]).expect("finite"));
+    let col = |i: usize| -> DVector<f64> { eig.eigenvectors.column(order[i]).into_owned() };
+    let (n1, n2) = (col(0), col(1)); // invisible to A
+    let (u, u2) = (col(d - 1), col(d - 2)); // seen best
+    let (sep, c) = (4.0, 0.5);
+    let var = 0.25;
+    let means = vec![
+        (&n1 * (-sep / 2.0) - &u * c),
+        (&n1 * (sep / 2.0) + &u * c),
+        (&u2 * 3.0 + &n2 * 2.0),
+    ];
+    let covs = vec![DMatrix::identity(d, d) * var; 3];
+    let prior = GaussianMixture::new(
+        vec![0.6, 0.3, 0.1],
+        means.iter().map(|v| v.iter().copied().collect()).collect(),
+        covs,
+    )?;
+    let b = 0.3;
+    let noise = DVector::from_vec(s.normal_vec(m));
+    let x_true = &means[1] - &u * (c - b);
+    let y = &a * &x_true + noise * eta;
+    Ok(Instance {
+        prior,
+        a,
+        x_true,
+        y,
+        eta,
+    })
+}

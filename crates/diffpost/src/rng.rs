@@ -107,6 +107,17 @@ impl SampleStreams {
         &mut self.rngs[b]
     }
 
+    /// Joins consecutive parts back into one batch (the inverse of [`Self::into_chunks`]).
+    pub fn join(parts: Vec<SampleStreams>) -> SampleStreams {
+        let mut rngs = Vec::new();
+        let mut indices = Vec::new();
+        for p in parts {
+            rngs.extend(p.rngs);
+            indices.extend(p.indices);
+        }
+        SampleStreams { rngs, indices }
+    }
+
     /// Split into consecutive chunks of at most `chunk` samples (streams move, not copied).
     pub fn into_chunks(self, chunk: usize) -> Vec<SampleStreams> {
         let chunk = chunk.max(1);

@@ -127,24 +127,33 @@ fn mala_acceptance_is_weighted_by_samples_over_all_batches() {
     let s = spec("kind = \"mala\"\nsteps = 40\nh_rel = 1.5\ninit = \"exact-prior\"").unwrap();
     let n = 10;
     let by_batch = |batch: usize| {
-        let o = run_with(
-            &inst,
-            &s,
-            RunPlan {
-                batch: Some(batch),
-                ..RunPlan::new(n, 5)
-            },
-        );
-        (
-            o.diagnostics.acceptance.unwrap(),
-            o.info.acceptance.unwrap(),
-        )
+        let o = run_with(&inst, &s, RunPlan { batch: Some(batch), ..RunPlan::new(n, 5) });
+        // `info.acceptance` (summary.json's) is the aggregate too.
+        assert_eq!(o.info.acceptance, Some(o.diagnostics.acceptance.unwrap().mean));
+        o.diagnostics.acceptance.unwrap()
     };
     // One sample per batch: the mean over the 10 per-sample rates.
-    let (per_sample, _) = by_batch(1);
+    let per_sample = by_batch(1);
     // Batches 3, 3, 3, 1 (4 batches of different sizes and different acceptance).
-    let (uneven, first_batch) = by_batch(3);
-    let (one_batch, _) = by_batch(10);
+    let uneven = by_batch(3);
+    let one_batch = by_batch(10);
+    // The first batch alone (samples 0..3), what summary.json used to report.
+    let first_batch = {
+        let op = Dense::new(inst.a.clone()).unwrap();
+        let y = Tensor::from_vec(inst.y.as_slice().to_vec(), inst.y.len(), &Device::Cpu).unwrap();
+        let parts = ProblemParts {
+            prior: &inst.prior as &dyn Denoiser,
+            analytic: Some(&inst.prior),
+            perturbed: false,
+            op: &op,
+            y: &y,
+            eta: inst.eta,
+        };
+        let ctx = RunContext::new(parts, &s).unwrap();
+        let mut streams = diffpost::rng::SampleStreams::new(5, 0..3);
+        let o = ctx.sample_batch(&mut streams, &diffpost::sampler::Silent).unwrap();
+        o.info.acceptance.unwrap()
+    };
     assert_eq!(per_sample.samples, 10);
     assert_eq!(uneven.samples, 10);
     assert!(

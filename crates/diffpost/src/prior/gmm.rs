@@ -707,6 +707,17 @@ impl GaussianMixture {
         y: &[f64],
         eta: f64,
     ) -> Result<GaussianMixture> {
+        Ok(self.posterior_and_evidence(op, y, eta)?.0)
+    }
+
+    /// The exact posterior and the exact evidence `log p(y) = log sum_k w_k N(y; A mu_k, G_k)`
+    /// (nats, all normalising constants included), from the same per-component terms.
+    pub fn posterior_and_evidence(
+        &self,
+        op: &dyn LinearOperator,
+        y: &[f64],
+        eta: f64,
+    ) -> Result<(GaussianMixture, f64)> {
         if op.in_dim() != self.d {
             return Err(Error::shape(
                 "operator input",
@@ -753,14 +764,15 @@ impl GaussianMixture {
             } else {
                 CovKind::Diagonal
             };
-            return Self::assemble(
+            let post = Self::assemble(
                 self.d,
                 weights,
                 means,
                 Covs::Diag(diags),
                 kind,
                 self.device.clone(),
-            );
+            )?;
+            return Ok((post, log_sum_exp(&logw)));
         }
         let a = op.to_dense()?;
         let yv = DVector::from_column_slice(y);
@@ -794,7 +806,7 @@ impl GaussianMixture {
             eigvals.push(l);
             eigvecs.push(u);
         }
-        Self::assemble(
+        let post = Self::assemble(
             self.d,
             weights,
             means,
@@ -805,7 +817,29 @@ impl GaussianMixture {
             },
             CovKind::Full,
             self.device.clone(),
-        )
+        )?;
+        Ok((post, log_sum_exp(&logw)))
+    }
+
+    /// The most responsible component of every row of `x: [B, d]` (the argmax of
+    /// `log w_k + log N(x; mu_k, S_k)`).
+    pub fn assign(&self, x: &Tensor) -> Result<Vec<usize>> {
+        let (logits, _) = self.components(x, 0.0)?;
+        let l: Vec<Vec<f64>> = logits.to_dtype(DType::F64)?.to_vec2()?;
+        Ok(l.iter()
+            .map(|row| {
+                row.iter()
+                    .enumerate()
+                    .fold((0, f64::NEG_INFINITY), |best, (k, &v)| {
+                        if v > best.1 {
+                            (k, v)
+                        } else {
+                            best
+                        }
+                    })
+                    .0
+            })
+            .collect())
     }
 
     /// The mixture's components as dense `(weight, mean, cov)`.
@@ -821,6 +855,11 @@ impl GaussianMixture {
             .map(|i| self.eigvals(i).max())
             .fold(0.0, f64::max)
     }
+}
+
+fn log_sum_exp(a: &[f64]) -> f64 {
+    let mx = a.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    mx + a.iter().map(|l| (l - mx).exp()).sum::<f64>().ln()
 }
 
 fn normalise_log_weights(logw: &[f64]) -> Vec<f64> {

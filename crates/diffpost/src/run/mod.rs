@@ -8,6 +8,22 @@
 //! independent chain; an SMC sampler's particle system later). Population `j` holds samples
 //! `j P .. (j + 1) P`; sample `i` draws only from its own stream `(seed, i)`, so the result of a
 //! population depends neither on the batch it ran in, the thread count nor the shard.
+//!
+//! What `diffpost sample` does, from Rust:
+//!
+//! ```no_run
+//! use diffpost::config::ProblemConfig;
+//! use diffpost::run::{NoProgress, RunContext, RunPlan};
+//!
+//! # fn main() -> diffpost::Result<()> {
+//! let cfg = ProblemConfig::read("my/problem.toml".as_ref())?; // parse + validate all sections
+//! let problem = cfg.load(&candle_core::Device::Cpu)?; // prior, operator, y
+//! let ctx = RunContext::new(problem.parts(), &cfg.sampler)?; // ||A||, posterior, warm start
+//! let out = ctx.run(&RunPlan::new(cfg.run.n, cfg.run.seed), &NoProgress)?;
+//! println!("{:?} {:?}", out.samples.dims(), out.diagnostics);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod shard;
 pub mod summary;
@@ -28,8 +44,8 @@ use crate::rng::SampleStreams;
 use crate::sampler::settings::WarmStart;
 use crate::sampler::spec::SamplerSpec;
 use crate::sampler::{
-    ald, annealed, cs, daps, diffusion, dps, exact, local, mala, ula, Info, Monitor, Output,
-    Problem, Silent,
+    ald, annealed, cs, daps, diffusion, dps, exact, local, mala, smc, ula, Info, Monitor, Output,
+    Problem, Silent, Weighted,
 };
 use crate::{Error, Result};
 
@@ -65,6 +81,7 @@ pub struct RunContext<'a> {
     spec: SamplerSpec,
     problem: Problem<'a>,
     analytic: Option<&'a GaussianMixture>,
+    perturbed: bool,
     posterior: Option<GaussianMixture>,
     warm: Option<Warm>,
 }
@@ -153,6 +170,7 @@ impl<'a> RunContext<'a> {
             spec: spec.clone(),
             problem,
             analytic: parts.analytic,
+            perturbed: parts.perturbed,
             posterior,
             warm,
         })
@@ -211,6 +229,13 @@ impl<'a> RunContext<'a> {
                 streams,
             )?,
             SamplerSpec::Prior(c) => diffusion::sample(problem.prior, c, streams, mon)?,
+            SamplerSpec::Smc(c) => {
+                let log_density = match (self.analytic, self.perturbed) {
+                    (Some(g), false) => Some(g as &dyn crate::prior::LogDensity),
+                    _ => None,
+                };
+                smc::sample(problem, exact_prior, log_density, c, streams, mon)?
+            }
             SamplerSpec::Cs(c) => match self.warm.as_ref() {
                 Some(Warm::Shared(x0)) => cs::sample_from(problem, x0, c, streams, mon)?,
                 _ => unreachable!("built in RunContext::new"),
@@ -253,7 +278,8 @@ impl<'a> RunContext<'a> {
         let batch = plan
             .batch
             .unwrap_or_else(|| shard_n.div_ceil(2 * threads).clamp(16, 1000));
-        let batch = batch.div_ceil(p).max(1) * p;
+        // Whole populations per batch; populations of many particles (SMC) one per batch.
+        let batch = if p > 1 { p } else { batch };
         let started = Once::new();
         let streams = SampleStreams::new(plan.seed, layout.sample_range[0]..layout.sample_range[1]);
         let outs: Vec<Result<(usize, Output)>> = streams
@@ -276,24 +302,41 @@ impl<'a> RunContext<'a> {
         for (len, o) in &outs {
             diagnostics.add(o, *len as u64);
         }
-        let samples = Tensor::cat(
-            &outs
-                .iter()
-                .map(|(_, o)| o.samples.clone())
-                .collect::<Vec<_>>(),
-            0,
-        )?
-        .to_device(&Device::Cpu)?;
-        let info = outs
+        let cat = |f: &dyn Fn(&Output) -> Option<Tensor>| -> Result<Option<Tensor>> {
+            let parts: Option<Vec<Tensor>> = outs.iter().map(|(_, o)| f(o)).collect();
+            Ok(match parts {
+                Some(p) if !p.is_empty() => Some(Tensor::cat(&p, 0)?.to_device(&Device::Cpu)?),
+                _ => None,
+            })
+        };
+        let samples = cat(&|o| Some(o.samples.clone()))?.expect("at least one batch");
+        let weighted = match (
+            cat(&|o| o.weighted.as_ref().map(|w| w.particles.clone()))?,
+            cat(&|o| o.weighted.as_ref().map(|w| w.weights.clone()))?,
+        ) {
+            (Some(particles), Some(weights)) => Some(Weighted { particles, weights }),
+            _ => None,
+        };
+        // The schedule is the same for every population; SMC traces are one per population.
+        let traces: Vec<smc::SmcTrace> = outs
+            .iter()
+            .flat_map(|(_, o)| o.info.smc.iter().flatten().cloned())
+            .collect();
+        let mut info = outs
             .into_iter()
             .next()
             .map(|(_, o)| o.info)
             .unwrap_or_default();
+        info.acceptance = diagnostics.acceptance.map(|a| a.mean);
+        if !traces.is_empty() {
+            info.smc = Some(traces);
+        }
         Ok(RunOutput {
             samples,
             info,
             diagnostics,
             layout,
+            weighted,
         })
     }
 }
@@ -380,6 +423,9 @@ pub struct RunOutput {
     /// Aggregated over all populations.
     pub diagnostics: Diagnostics,
     pub layout: Layout,
+    /// Weighted samplers (SMC): the particles at `lambda = 1` and their weights (normalised in
+    /// each population), before the final resampling.
+    pub weighted: Option<Weighted>,
 }
 
 /// A mean over samples, kept as a sum so shards and batches combine exactly.
@@ -429,6 +475,22 @@ pub struct Diagnostics {
     /// MALA: acceptance rate, a mean weighted by the number of samples of each batch.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub acceptance: Option<SampleMean>,
+    /// SMC: the `log p(y)` estimate of every population, in population order (nats).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub log_evidence_populations: Vec<f64>,
+}
+
+impl Diagnostics {
+    /// SMC's evidence estimate of the run: the log of the mean of the populations' (unbiased)
+    /// estimates of `p(y)`.
+    pub fn log_evidence(&self) -> Option<f64> {
+        let v = &self.log_evidence_populations;
+        if v.is_empty() {
+            return None;
+        }
+        let m = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        Some(m + (v.iter().map(|l| (l - m).exp()).sum::<f64>() / v.len() as f64).ln())
+    }
 }
 
 impl Diagnostics {
@@ -448,6 +510,10 @@ impl Diagnostics {
             self.acceptance
                 .get_or_insert_with(Default::default)
                 .add(a, count);
+        }
+        if let Some(t) = &o.info.smc {
+            self.log_evidence_populations
+                .extend(t.iter().map(|t| t.log_evidence));
         }
         self.samples += count;
     }
@@ -472,6 +538,8 @@ impl Diagnostics {
                 .get_or_insert_with(Default::default)
                 .merge(a);
         }
+        self.log_evidence_populations
+            .extend_from_slice(&o.log_evidence_populations);
         self.samples += o.samples;
     }
 }

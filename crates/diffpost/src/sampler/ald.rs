@@ -102,6 +102,7 @@ pub fn sample(
         check_finite(&x, "ald", i + 1, cfg.steps_per_stage)?;
     }
     Ok(Output {
+        weighted: None,
         samples: x,
         score_evals: prior.evals(),
         info: Info {

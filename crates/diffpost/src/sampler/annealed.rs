@@ -204,12 +204,14 @@ pub(crate) fn sample_with(
         super::check_finite(&x, name, n, 0)?;
     }
     Ok(Output {
+        weighted: None,
         samples: x,
         score_evals: counted.evals(),
         info: Info {
             etas: Some(etas),
             steps: Some(hs),
             acceptance: None,
+            smc: None,
         },
     })
 }

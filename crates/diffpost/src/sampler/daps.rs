@@ -125,6 +125,7 @@ pub fn sample(
         mon.on_step(((i + 1) * cfg.ode_steps) as u64, total);
     }
     Ok(Output {
+        weighted: None,
         samples: x0,
         score_evals: prior.evals(),
         info: Info::default(),

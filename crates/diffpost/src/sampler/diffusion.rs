@@ -125,6 +125,7 @@ pub fn sample(
     let counted = Counted::new(prior);
     let x = run(&counted, cfg, streams, mon, "prior diffusion")?;
     Ok(Output {
+        weighted: None,
         samples: x,
         score_evals: counted.evals(),
         info: Info::default(),

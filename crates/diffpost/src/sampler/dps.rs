@@ -170,6 +170,7 @@ pub fn sample(
         mon.on_step(2 * (i as u64 + 1), 2 * n as u64);
     }
     Ok(Output {
+        weighted: None,
         samples: x,
         score_evals: prior.evals(),
         info: Info::default(),

@@ -10,6 +10,7 @@ use crate::Result;
 /// Draws `[B, d]` exact samples of `posterior`.
 pub fn sample(posterior: &GaussianMixture, streams: &mut SampleStreams) -> Result<Output> {
     Ok(Output {
+        weighted: None,
         samples: posterior.sample_exact(streams)?,
         score_evals: 0,
         info: Info::default(),

@@ -49,9 +49,19 @@ impl MalaConfig {
 
 /// `(log pi(x) [B], grad log pi(x) [B, d])`.
 fn target(problem: &Problem, prior: &dyn LogDensity, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    target_at(problem, prior, x, problem.eta)
+}
+
+/// `(log pi(x), grad log pi(x))` for the posterior with noise `eta` (SMC's tempered targets).
+pub(crate) fn target_at(
+    problem: &Problem,
+    prior: &dyn LogDensity,
+    x: &Tensor,
+    eta: f64,
+) -> Result<(Tensor, Tensor)> {
     let (lp, s) = prior.log_density_and_score(x)?;
     let r = problem.y.broadcast_sub(&problem.op.apply(x)?)?;
-    let e2 = problem.eta * problem.eta;
+    let e2 = eta * eta;
     let ll = (r.sqr()?.sum(D::Minus1)? / (-2.0 * e2))?;
     let g = (s + (problem.op.adjoint(&r)? / e2)?)?;
     Ok(((lp + ll)?, g))
@@ -115,12 +125,14 @@ pub fn sample(
     }
     let acceptance = accepted / (b as f64 * cfg.steps.max(1) as f64);
     Ok(Output {
+        weighted: None,
         samples: x,
         score_evals: counted.evals(),
         info: Info {
             acceptance: Some(acceptance),
             steps: Some(vec![h]),
             etas: None,
+            smc: None,
         },
     })
 }

@@ -15,6 +15,7 @@ pub mod exact;
 pub mod local;
 pub mod mala;
 pub mod settings;
+pub mod smc;
 pub mod spec;
 pub mod ula;
 
@@ -167,6 +168,15 @@ pub struct Output {
     pub score_evals: u64,
     /// Per-run diagnostics (never fed back into the sampler).
     pub info: Info,
+    /// Weighted samplers (SMC): the particles before the final resampling and their weights.
+    pub weighted: Option<Weighted>,
+}
+
+/// Weighted particles: `particles [B, d]`, `weights [B]` normalised within each population.
+#[derive(Debug, Clone)]
+pub struct Weighted {
+    pub particles: Tensor,
+    pub weights: Tensor,
 }
 
 /// Diagnostics of a run.
@@ -181,6 +191,9 @@ pub struct Info {
     /// Step sizes used per stage (or the single step).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<Vec<f64>>,
+    /// SMC: one trace per population (tempering levels, ESS, resampling, evidence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smc: Option<Vec<smc::SmcTrace>>,
 }
 
 /// Progress reporting (e.g. a progress bar). `done` of `total` steps of the current batch.

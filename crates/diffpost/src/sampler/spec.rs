@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::settings::{
     AnnealedSettings, CsSettings, LocalSettings, LocalSpec, MalaSettings, NoSettings, UlaSettings,
 };
-use super::{ald, annealed, cs, daps, diffusion, dps, mala, ula};
+use super::{ald, annealed, cs, daps, diffusion, dps, mala, smc, ula};
 use crate::{Error, Result};
 
 /// A sampler and all of its settings (`[sampler]`, tagged by `kind`). It (de)serialises through
@@ -30,6 +30,8 @@ pub enum SamplerSpec {
     Exact(NoSettings),
     /// Unconditional diffusion samples of the prior.
     Prior(diffusion::DiffusionConfig),
+    /// SMC over tempered posteriors (multimodal posteriors; the evidence).
+    Smc(smc::SmcConfig),
 }
 
 /// The `[sampler]` table as written: one flat settings struct per kind.
@@ -46,6 +48,7 @@ enum RawSpec {
     Ald(ald::AldConfig),
     Exact(NoSettings),
     Prior(diffusion::DiffusionConfig),
+    Smc(smc::SmcConfig),
 }
 
 impl TryFrom<RawSpec> for SamplerSpec {
@@ -62,6 +65,7 @@ impl TryFrom<RawSpec> for SamplerSpec {
             RawSpec::Ald(c) => SamplerSpec::Ald(c),
             RawSpec::Exact(c) => SamplerSpec::Exact(c),
             RawSpec::Prior(c) => SamplerSpec::Prior(c),
+            RawSpec::Smc(c) => SamplerSpec::Smc(c),
         })
     }
 }
@@ -79,6 +83,7 @@ impl From<SamplerSpec> for RawSpec {
             SamplerSpec::Ald(c) => RawSpec::Ald(c),
             SamplerSpec::Exact(c) => RawSpec::Exact(c),
             SamplerSpec::Prior(c) => RawSpec::Prior(c),
+            SamplerSpec::Smc(c) => RawSpec::Smc(c),
         }
     }
 }
@@ -90,8 +95,8 @@ impl Default for SamplerSpec {
 }
 
 /// Every `kind`.
-pub const KINDS: [&str; 10] = [
-    "annealed", "local", "cs", "ula", "mala", "dps", "daps", "ald", "exact", "prior",
+pub const KINDS: [&str; 11] = [
+    "annealed", "local", "cs", "ula", "mala", "dps", "daps", "ald", "exact", "prior", "smc",
 ];
 
 impl SamplerSpec {
@@ -108,6 +113,7 @@ impl SamplerSpec {
             SamplerSpec::Ald(_) => "ald",
             SamplerSpec::Exact(_) => "exact",
             SamplerSpec::Prior(_) => "prior",
+            SamplerSpec::Smc(_) => "smc",
         }
     }
 
@@ -163,6 +169,7 @@ impl SamplerSpec {
             SamplerSpec::Ald(c) => c.validate(),
             SamplerSpec::Exact(_) => Ok(()),
             SamplerSpec::Prior(c) => c.validate("steps"),
+            SamplerSpec::Smc(c) => c.validate(),
         }
     }
 
@@ -180,9 +187,12 @@ impl SamplerSpec {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
     }
 
-    /// Samples per population: 1 for every method today (independent chains); the SMC sampler's
-    /// populations are its particle systems.
-    pub fn population_size(&self, _n: usize) -> usize {
-        1
+    /// Samples per population: 1 for independent chains; SMC's particle systems (`particles`,
+    /// default all `n`).
+    pub fn population_size(&self, n: usize) -> usize {
+        match self {
+            SamplerSpec::Smc(c) => c.population_size(n),
+            _ => 1,
+        }
     }
 }

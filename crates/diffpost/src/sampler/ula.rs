@@ -158,6 +158,7 @@ pub fn sample(
         |k| mon.on_step(init_evals + k as u64 + 1, total),
     )?;
     Ok(Output {
+        weighted: None,
         samples: x,
         score_evals: counted.evals(),
         info: Info {
