@@ -12,6 +12,7 @@ use diffpost::rng::SampleStreams;
 use diffpost::run::summary::{merge as merge_shards, RunSummary};
 use diffpost::run::{NoProgress, ProblemParts, Progress, RunContext, RunPlan, Shard};
 use diffpost::sampler::spec::{SamplerSpec, KINDS};
+use diffpost::sampler::Weighted;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
@@ -38,11 +39,21 @@ fn bar(name: &str) -> Bar {
     Bar(b)
 }
 
-/// Writes `samples.npy` and `summary.json` into `dir`.
-fn write_run(dir: &Path, samples: &Tensor, summary: &RunSummary) -> Result<()> {
+/// Writes `samples.npy`, `summary.json` and, for weighted samplers (SMC), `particles.npy` and
+/// `weights.npy` into `dir`.
+fn write_run(
+    dir: &Path,
+    samples: &Tensor,
+    weighted: Option<&Weighted>,
+    summary: &RunSummary,
+) -> Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("{}: cannot create output folder", dir.display()))?;
     diffpost::io::write_npy(&dir.join("samples.npy"), samples)?;
+    if let Some(w) = weighted {
+        diffpost::io::write_npy(&dir.join("particles.npy"), &w.particles)?;
+        diffpost::io::write_npy(&dir.join("weights.npy"), &w.weights)?;
+    }
     diffpost::io::write_bytes(
         &dir.join("summary.json"),
         serde_json::to_string_pretty(summary)?.as_bytes(),
@@ -110,7 +121,7 @@ pub fn sample(
             .extra
             .insert("image_metrics".into(), json!("metrics.json"));
     }
-    write_run(&out_dir, &out.samples, &summary)?;
+    write_run(&out_dir, &out.samples, out.weighted.as_ref(), &summary)?;
     if !quiet {
         if let Some(m) = &image_metrics {
             eprintln!(
@@ -146,6 +157,7 @@ pub fn sample(
 /// `diffpost merge`: checks that `dirs` are the shards of one run and writes the whole run.
 pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<()> {
     let mut parts = Vec::with_capacity(dirs.len());
+    let mut weighted = Vec::with_capacity(dirs.len());
     for d in dirs {
         let sp = d.join("summary.json");
         let text = std::fs::read_to_string(&sp)
@@ -153,10 +165,36 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<()> {
         let s: RunSummary = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a diffpost summary", sp.display()))?;
         let x = diffpost::io::read_array(&d.join("samples.npy"), "shard samples")?;
+        let w = if d.join("weights.npy").exists() {
+            Some((
+                diffpost::io::read_array(&d.join("particles.npy"), "shard particles")?,
+                diffpost::io::read_array(&d.join("weights.npy"), "shard weights")?,
+            ))
+        } else {
+            None
+        };
+        weighted.push(w);
         parts.push((s, x, d.display().to_string()));
     }
+    // Order of the shards as merge will put them.
+    let mut order: Vec<usize> = (0..parts.len()).collect();
+    order.sort_by_key(|&i| parts[i].0.run.shard.index);
     let (summary, samples) = merge_shards(parts)?;
-    write_run(out, &samples, &summary)?;
+    let weighted = if weighted.iter().all(|w| w.is_some()) && !weighted.is_empty() {
+        let (p, w): (Vec<Tensor>, Vec<Tensor>) = order
+            .iter()
+            .map(|&i| weighted[i].clone().expect("all present"))
+            .unzip();
+        Some(Weighted {
+            particles: Tensor::cat(&p, 0)?,
+            weights: Tensor::cat(&w, 0)?,
+        })
+    } else if weighted.iter().any(|w| w.is_some()) {
+        bail!("some shards have weights.npy and others not: not shards of one run");
+    } else {
+        None
+    };
+    write_run(out, &samples, weighted.as_ref(), &summary)?;
     println!(
         "merged {} shards: {} samples (d = {}) -> {}",
         dirs.len(),
@@ -280,14 +318,30 @@ pub fn eval(config_path: &Path, samples: &Path, n_ref: usize) -> Result<()> {
     if n < 2 {
         bail!("{}: need at least 2 samples", samples.display());
     }
-    let post = gmm.posterior(l.op.as_ref(), &l.y_vec, l.eta)?;
+    let (post, log_evidence) = gmm.posterior_and_evidence(l.op.as_ref(), &l.y_vec, l.eta)?;
     let (reference, floors) = exact_reference(&post, n, n_ref)?;
-    let xv: Vec<f64> = x
-        .flatten_all()?
-        .to_dtype(candle_core::DType::F64)?
-        .to_vec1()?;
+    let x = x.to_dtype(candle_core::DType::F64)?;
+    let xv: Vec<f64> = x.flatten_all()?.to_vec1()?;
     let m = reference.evaluate(&xv)?.with_floor(&floors);
-    println!("{}", serde_json::to_string_pretty(&m)?);
+    let mut out = serde_json::to_value(m)?;
+    if post.k() > 1 {
+        out["mode_tv"] = json!(diffpost::metrics::mode_weight_tv_with_floor(&post, &x, 10)?);
+        out["posterior_weights"] = json!(post.weights());
+    }
+    // The evidence: exact, and the run's estimate when its summary.json sits beside the samples.
+    let mut ev = json!({ "exact": log_evidence });
+    if let Some(sp) = samples.parent().map(|p| p.join("summary.json")) {
+        if let Ok(text) = std::fs::read_to_string(&sp) {
+            if let Ok(s) = serde_json::from_str::<serde_json::Value>(&text) {
+                if let Some(est) = s.get("log_evidence").and_then(|v| v.as_f64()) {
+                    ev["estimate"] = json!(est);
+                    ev["error"] = json!(est - log_evidence);
+                }
+            }
+        }
+    }
+    out["log_evidence"] = ev;
+    println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }
 

@@ -9,13 +9,29 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let seed: u64 = args.get(1).map(|s| s.parse().unwrap()).unwrap_or(0);
     let eta: f64 = std::env::var("ETA").ok().map(|v| v.parse().unwrap()).unwrap_or(0.3);
-    let inst = diffpost::problem::separated_gmm_instance(10, 3, eta, seed).unwrap();
-    let (prior, a, y, m) = (inst.prior.clone(), inst.a.clone(), inst.y.clone(), 3);
+    let inst = match std::env::var("INST").as_deref() {
+        Ok("demo") => diffpost::problem::random_gmm_instance(20, 10, 1, 0.1, 2024).unwrap(),
+        Ok("cs") => diffpost::problem::random_gmm_instance(30, 15, 1, 0.1, seed).unwrap(),
+        Ok("stiff") => diffpost::problem::random_gmm_instance(20, 10, 1, 0.01, seed).unwrap(),
+        Ok("overlap") => diffpost::problem::random_gmm_instance(10, 5, 3, 0.2, seed).unwrap(),
+        _ => diffpost::problem::separated_gmm_instance(10, 3, eta, seed).unwrap(),
+    };
+    let eta = inst.eta;
+    let (prior, a, y, m) = (inst.prior.clone(), inst.a.clone(), inst.y.clone(), inst.a.nrows());
     let op = Dense::new(a.clone()).unwrap();
-    let (post, lz) = prior.posterior_and_evidence(&op, y.as_slice(), eta).unwrap();
+    let (prior, op, y, m, eta): (diffpost::prior::GaussianMixture, Box<dyn diffpost::operator::LinearOperator>, nalgebra::DVector<f64>, usize, f64) = if let Ok(task) = std::env::var("DIGITS") {
+        let g = diffpost::prior::GaussianMixture::from_npz("data/digits_gmm.npz").unwrap();
+        let spec: diffpost::operator::image::ImageOperatorSpec = toml::from_str(&task.replace(';', "\n")).unwrap();
+        let e: f64 = std::env::var("ETA").ok().map(|v| v.parse().unwrap()).unwrap_or(0.1);
+        let di = diffpost::problem::digits_instance(g, "data/digits_test100.npy".as_ref(), seed as usize, &spec, e, 0).unwrap();
+        let m = di.y.len();
+        (di.prior, di.op, nalgebra::DVector::from_vec(di.y), m, e)
+    } else { (prior, Box::new(op), y, m, eta) };
+    let op = &*op;
+    let (post, lz) = prior.posterior_and_evidence(op, y.as_slice(), eta).unwrap();
     println!("seed {seed}: posterior weights {:?} log p(y) {lz:.4}", post.weights());
     let yt = Tensor::from_vec(y.as_slice().to_vec(), m, &Device::Cpu).unwrap();
-    let parts = ProblemParts { prior: &prior as &dyn Denoiser, analytic: Some(&prior), perturbed: false, op: &op, y: &yt, eta };
+    let parts = ProblemParts { prior: &prior as &dyn Denoiser, analytic: Some(&prior), perturbed: false, op, y: &yt, eta };
     let n = 2000;
     let (reference, floors) = exact_reference(&post, n, 20000).unwrap();
     for spec in args.iter().skip(2) {

@@ -126,3 +126,51 @@ pub fn separated_gmm_instance(d: usize, m: usize, eta: f64, seed: u64) -> Result
         eta,
     })
 }
+
+/// The image case of the exact-posterior suite: 8x8 digits under the fitted digits mixture
+/// (`data/digits_gmm.npz`), a held-out digit (`data/digits_test100.npy`, row `index`, 0..16
+/// scaled to [-1, 1]) measured through an image operator on `[1, 8, 8]`.
+pub struct ImageInstance {
+    pub prior: GaussianMixture,
+    pub op: Box<dyn crate::operator::LinearOperator>,
+    pub x_true: Vec<f64>,
+    pub y: Vec<f64>,
+    pub eta: f64,
+}
+
+/// `y = A x_true + eta xi` for the `index`-th held-out digit, noise from `seed`.
+pub fn digits_instance(
+    prior: GaussianMixture,
+    digits: &std::path::Path,
+    index: usize,
+    op: &crate::operator::image::ImageOperatorSpec,
+    eta: f64,
+    seed: u64,
+) -> Result<ImageInstance> {
+    let t = crate::io::read_array(digits, "digits")?;
+    let n = t.dims()[0];
+    if t.dims()[1..] != [8, 8] || index >= n {
+        return Err(Error::shape(
+            format!("{}: digit {index}", digits.display()),
+            "[N, 8, 8] with N > index",
+            t.dims(),
+        ));
+    }
+    let x_true: Vec<f64> = t
+        .get(index)?
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F64)?
+        .to_vec1::<f64>()?
+        .iter()
+        .map(|v| v / 8.0 - 1.0)
+        .collect();
+    let op = op.build([1, 8, 8])?;
+    let y = crate::config::simulate(op.as_ref(), &x_true, eta, seed)?;
+    Ok(ImageInstance {
+        prior,
+        op,
+        x_true,
+        y,
+        eta,
+    })
+}

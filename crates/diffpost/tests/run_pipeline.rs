@@ -204,6 +204,7 @@ fn shards_reassemble_the_unsharded_run() {
         seed,
         score_evals_per_sample: o.diagnostics.score_evals_per_sample.max,
         diagnostics: o.diagnostics.clone(),
+        log_evidence: None,
         run: o.layout,
         fingerprint: fp.into(),
         wall_s: 1.0,

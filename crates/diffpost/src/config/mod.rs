@@ -492,6 +492,7 @@ impl LoadedProblem {
             seed: c.run.seed,
             score_evals_per_sample: out.diagnostics.score_evals_per_sample.max,
             diagnostics: out.diagnostics.clone(),
+            log_evidence: out.diagnostics.log_evidence(),
             run: out.layout,
             fingerprint: self.fingerprint(),
             wall_s,

@@ -29,6 +29,10 @@ pub struct RunSummary {
     /// Score evaluations per sample (the largest over populations; mean in `diagnostics`).
     pub score_evals_per_sample: u64,
     pub diagnostics: Diagnostics,
+    /// SMC: the estimate of `log p(y)` (nats, all normalising constants included): the log of the
+    /// mean over populations of their estimates of `p(y)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_evidence: Option<f64>,
     /// Populations and shard.
     pub run: Layout,
     /// Hash of everything that determines the samples (config, measurement values, n, seed);
@@ -112,11 +116,18 @@ pub fn merge(parts: Vec<(RunSummary, Tensor, String)>) -> Result<(RunSummary, Te
     let mut merged = parts[0].0.clone();
     let mut diagnostics = Diagnostics::default();
     let mut wall = 0.0;
+    let mut traces = Vec::new();
     for (s, _, _) in &parts {
         diagnostics.merge(&s.diagnostics);
         wall += s.wall_s;
+        traces.extend(s.info.smc.iter().flatten().cloned());
     }
+    if !traces.is_empty() {
+        merged.info.smc = Some(traces);
+    }
+    merged.info.acceptance = diagnostics.acceptance.map(|a| a.mean);
     merged.score_evals_per_sample = diagnostics.score_evals_per_sample.max;
+    merged.log_evidence = diagnostics.log_evidence();
     merged.diagnostics = diagnostics;
     merged.wall_s = wall;
     merged.run.shard = Shard::WHOLE;

@@ -89,6 +89,9 @@ pub struct SmcConfig {
     /// Resample when `ESS < resample_threshold * P`.
     pub resample_threshold: f64,
     pub moves_per_stage: usize,
+    /// Moves at `lambda = 1` after the last stage's (the output decorrelates from the last
+    /// resampling).
+    pub final_moves: usize,
     /// Default: MALA for analytic priors, ULA otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel: Option<MoveKernel>,
@@ -132,6 +135,7 @@ impl Default for SmcConfig {
             resampling: Resampling::Systematic,
             resample_threshold: 0.5,
             moves_per_stage: 100,
+            final_moves: 400,
             kernel: None,
             h_rel: None,
             h: None,
@@ -339,6 +343,32 @@ pub fn sample(
     streams: &mut SampleStreams,
     mon: &dyn Monitor,
 ) -> Result<Output> {
+    sample_impl(problem, exact, log_density, cfg, streams, mon, true)
+}
+
+/// A deliberately broken SMC for the tests' companions: the same tempering, resampling and moves,
+/// but the incremental weights are never applied (particles keep the prior's mode weights).
+#[doc(hidden)]
+pub fn sample_without_reweighting(
+    problem: &Problem,
+    exact: Option<&dyn ExactSample>,
+    log_density: Option<&dyn LogDensity>,
+    cfg: &SmcConfig,
+    streams: &mut SampleStreams,
+    mon: &dyn Monitor,
+) -> Result<Output> {
+    sample_impl(problem, exact, log_density, cfg, streams, mon, false)
+}
+
+fn sample_impl(
+    problem: &Problem,
+    exact: Option<&dyn ExactSample>,
+    log_density: Option<&dyn LogDensity>,
+    cfg: &SmcConfig,
+    streams: &mut SampleStreams,
+    mon: &dyn Monitor,
+    apply_weights: bool,
+) -> Result<Output> {
     cfg.validate()?;
     let b = streams.len();
     let p = cfg.particles.unwrap_or(b);
@@ -356,7 +386,8 @@ pub fn sample(
     let mut traces = Vec::with_capacity(pops.len());
     let mut evals = 0;
     for s in pops.iter_mut() {
-        let (x, w, out, trace) = population(problem, exact, log_density, cfg, s, mon)?;
+        let (x, w, out, trace) =
+            population(problem, exact, log_density, cfg, s, mon, apply_weights)?;
         evals = evals.max(trace.score_evals);
         samples.push(out);
         particles.push(x);
@@ -380,7 +411,7 @@ pub fn sample(
     })
 }
 
-/// One population: `(particles at lambda = 1, their weights, resampled output, trace)`.
+/// One population: `(particles reweighted to lambda = 1, their weights, output, trace)`.
 fn population(
     problem: &Problem,
     exact: Option<&dyn ExactSample>,
@@ -388,6 +419,7 @@ fn population(
     cfg: &SmcConfig,
     streams: &mut SampleStreams,
     mon: &dyn Monitor,
+    apply_weights: bool,
 ) -> Result<(Tensor, Tensor, Tensor, SmcTrace)> {
     let p = streams.len();
     let eta = problem.eta;
@@ -456,6 +488,7 @@ fn population(
     let est_stages = geometric.as_ref().map_or(20, |g| g.len()) as u64;
     let total = init_evals + est_stages * cfg.moves_per_stage as u64;
     let mut stage = 0usize;
+    let mut weighted: Option<(Tensor, Tensor)> = None;
     while lambda < 1.0 {
         stage += 1;
         if stage > cfg.max_stages {
@@ -488,9 +521,20 @@ fn population(
         let lz = log_sum_exp(&a);
         trace.log_evidence +=
             lz - 0.5 * delta * m * (2.0 * std::f64::consts::PI * eta * eta).ln();
-        log_w = a.iter().map(|v| v - lz).collect();
+        if apply_weights {
+            log_w = a.iter().map(|v| v - lz).collect();
+        }
         let e_before = ess(&log_w);
-        let resampled = e_before < cfg.resample_threshold * p as f64;
+        let last = next >= 1.0;
+        if last {
+            // The weighted sample of the posterior itself (weights.npy, particles.npy).
+            weighted = Some((
+                x.clone(),
+                Tensor::from_vec(log_w.iter().map(|l| l.exp()).collect::<Vec<_>>(), p, &device)?,
+            ));
+        }
+        // At lambda = 1 always: the moves then start from an unweighted sample.
+        let resampled = last || e_before < cfg.resample_threshold * p as f64;
         if resampled {
             let w: Vec<f64> = log_w.iter().map(|l| l.exp()).collect();
             let idx = resample(cfg.resampling, &w, streams.stream(0));
@@ -501,6 +545,7 @@ fn population(
         // Move: Langevin targeting pi_next, at the effective noise eta / sqrt(lambda).
         let eta_eff = eta / next.sqrt();
         let h = step.step(l_prior, a_norm, eta_eff);
+        let moves = cfg.moves_per_stage + if last { cfg.final_moves } else { 0 };
         let (xn, acc) = match log_density {
             None => (
                 super::ula::langevin(
@@ -510,7 +555,7 @@ fn population(
                     &problem.y,
                     eta_eff,
                     h,
-                    cfg.moves_per_stage,
+                    moves,
                     s_sigma,
                     streams,
                     "smc",
@@ -520,7 +565,7 @@ fn population(
                 None,
             ),
             Some(ld) => {
-                let (x, a) = mala_moves(problem, ld, &counted, x, eta_eff, h, cfg.moves_per_stage, streams, stage)?;
+                let (x, a) = mala_moves(problem, ld, &counted, x, eta_eff, h, moves, streams, stage)?;
                 (x, Some(a))
             }
         };
@@ -537,18 +582,9 @@ fn population(
         let done = counted.evals();
         mon.on_step(done.min(total.max(done)), total.max(done));
     }
-    let weights = Tensor::from_vec(log_w.iter().map(|l| l.exp()).collect::<Vec<_>>(), p, &device)?;
-    // Unweighted output: resample unless the weights are already equal.
-    let out = if ess(&log_w) < p as f64 * (1.0 - 1e-12) {
-        let w: Vec<f64> = log_w.iter().map(|l| l.exp()).collect();
-        let idx: Vec<u32> = resample(cfg.resampling, &w, streams.stream(0))
-            .into_iter()
-            .map(|i| i as u32)
-            .collect();
-        x.index_select(&Tensor::new(idx, x.device())?, 0)?
-    } else {
-        x.clone()
-    };
+    // The last stage resampled before its moves: the particles are an unweighted sample.
+    let (particles, weights) = weighted.expect("the last stage reaches lambda = 1");
+    let out = x;
     let out = if cfg.final_denoise && s_sigma > 0.0 {
         let o = counted.denoise(&out, s_sigma)?;
         check_finite(&o, "smc", stage, 0)?;
@@ -558,7 +594,7 @@ fn population(
     };
     trace.score_evals = counted.evals();
     let _ = shape;
-    Ok((x, weights, out, trace))
+    Ok((particles, weights, out, trace))
 }
 
 /// `steps` MALA moves targeting the posterior with noise `eta_eff`; returns the acceptance rate.
