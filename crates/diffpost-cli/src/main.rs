@@ -2,6 +2,7 @@
 // `!(x > 0.0)` is deliberate throughout: it also rejects NaN.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+mod bench_posterior;
 mod commands;
 mod demo_images;
 mod image_out;
@@ -199,6 +200,24 @@ enum ProblemKind {
 
 #[derive(Subcommand)]
 enum BenchKind {
+    /// The exact-posterior suite: every sampler on problems with closed-form posteriors (and
+    /// evidence); prints the table and writes OUT/bench.{md,json,png}.
+    Posterior {
+        /// Three problems at n = 500, defaults only (a minute or two).
+        #[arg(long)]
+        quick: bool,
+        /// Samples per sampler (default 1000; 500 with --quick).
+        #[arg(long)]
+        n: Option<usize>,
+        /// The equal budget of score evaluations per sample of the second table.
+        #[arg(long, default_value_t = 2000)]
+        budget: u64,
+        #[arg(long, default_value = "bench_posterior")]
+        out: PathBuf,
+        /// Folder with digits_gmm.npz and digits_test100.npy.
+        #[arg(long, default_value = "data")]
+        data: PathBuf,
+    },
     /// One exact GMM score evaluation (full covariances), median over repeats.
     Score {
         #[arg(long, default_value_t = 100)]
@@ -323,6 +342,22 @@ fn main() {
             h_rel,
             final_denoise,
             seed,
+        }),
+        Cmd::Bench {
+            what:
+                BenchKind::Posterior {
+                    quick,
+                    n,
+                    budget,
+                    out,
+                    data,
+                },
+        } => bench_posterior::run(&bench_posterior::Opts {
+            quick,
+            n,
+            budget,
+            out: &out,
+            data: &data,
         }),
         Cmd::Bench {
             what:
