@@ -127,7 +127,7 @@ fn plot(path: &Path, rows: &[BenchRow]) -> Result<()> {
             b.caption("sliced W2 / noise floor at the defaults (1 = exact sampling)", ("sans-serif", 18));
         }
         let np = problems.len().max(1) as f64;
-        let mut chart = b.build_cartesian_2d(-0.5..np - 0.5, (0.5f64..hi).log_scale())?;
+        let mut chart = b.build_cartesian_2d(-0.5..np + 0.6, (0.5f64..hi).log_scale())?;
         let names = problems.clone();
         let fmt = move |v: &f64| {
             let i = v.round() as usize;
@@ -169,6 +169,7 @@ fn plot(path: &Path, rows: &[BenchRow]) -> Result<()> {
         if labels {
             chart
                 .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
                 .background_style(WHITE.mix(0.8))
                 .border_style(BLACK)
                 .draw()?;

@@ -230,3 +230,52 @@ fn old_key_names_still_work_with_a_warning() {
     assert_eq!(s["score_evals_per_sample"], 6);
     assert!(s["warnings"][0].as_str().unwrap().contains("levels"));
 }
+
+#[test]
+fn smc_writes_weights_evidence_and_eval_reports_mode_weights() {
+    let (dir, cfg) = setup("smc", "kind = \"smc\"\nmoves_per_stage = 20\nfinal_moves = 20", 0);
+    ok(bin().args(["sample", "--quiet", "--config"]).arg(&cfg).output().unwrap());
+    let out = dir.join("whole");
+    for f in ["samples.npy", "particles.npy", "weights.npy"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    let s = summary(&out);
+    let lz = s["log_evidence"].as_f64().unwrap();
+    assert!(lz.is_finite());
+    let trace = &s["info"]["smc"][0];
+    assert_eq!(trace["lambdas"].as_array().unwrap().last().unwrap(), 1.0);
+    let e = ok(bin()
+        .args(["eval", "--reference", "4000", "--config"])
+        .arg(&cfg)
+        .arg("--samples")
+        .arg(out.join("samples.npy"))
+        .output()
+        .unwrap());
+    let m: serde_json::Value = serde_json::from_slice(&e.stdout).unwrap();
+    assert!(m["mode_tv"]["value"].is_number() && m["mode_tv"]["floor_sd"].is_number(), "{m}");
+    assert_eq!(m["log_evidence"]["estimate"].as_f64().unwrap(), lz);
+    let err = m["log_evidence"]["error"].as_f64().unwrap();
+    assert!(err.abs() < 1.0, "{err}");
+}
+
+#[test]
+fn bench_posterior_quick_runs() {
+    let dir = tmpdir("bench");
+    let o = ok(bin()
+        .args(["bench", "posterior", "--quick", "--n", "100", "--data"])
+        .arg(repo().join("data"))
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .unwrap());
+    let table = String::from_utf8_lossy(&o.stdout).to_string();
+    for name in ["gaussian-cs", "separated-d10", "digits-inpaint", "smc", "annealed"] {
+        assert!(table.contains(name), "{table}");
+    }
+    for f in ["bench.md", "bench.json", "bench.png"] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("bench.json")).unwrap()).unwrap();
+    assert_eq!(j["rows"].as_array().unwrap().len(), 3 * 8);
+}
