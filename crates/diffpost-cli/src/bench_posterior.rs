@@ -31,9 +31,19 @@ pub fn run(o: &Opts) -> Result<()> {
     }
     println!(
         "\n{:<15} {:<9} {:<12} {:>7} {:>7} {:>9} {:>22} {:>9} {:>9} {:>9}",
-        "problem", "sampler", "setting", "evals", "wall s", "sW2/floor", "mode TV (floor ± sd)", "mean err", "cov err", "evid err"
+        "problem",
+        "sampler",
+        "setting",
+        "evals",
+        "wall s",
+        "sW2/floor",
+        "mode TV (floor ± sd)",
+        "mean err",
+        "cov err",
+        "evid err"
     );
-    let print = |r: &BenchRow| match &r.error {
+    let print = |r: &BenchRow| {
+        match &r.error {
         Some(e) => println!("{:<15} {:<9} {:<12} failed: {e}", r.problem, r.sampler, r.setting),
         None => println!(
             "{:<15} {:<9} {:<12} {:>7.0} {:>7.1} {:>9.2} {:>8.3} ({:.3} ± {:.3}) {:>9.3} {:>9.3} {:>9}",
@@ -50,11 +60,18 @@ pub fn run(o: &Opts) -> Result<()> {
             r.cov_err,
             r.evidence_error.map(|e| format!("{e:+.3}")).unwrap_or_default()
         ),
+    }
     };
     let mut rows = bench::run(&problems, &bench::samplers(None)?, "defaults", n, print)?;
     if !o.quick {
         let setting = format!("budget {}", o.budget);
-        rows.extend(bench::run(&problems, &bench::samplers(Some(o.budget))?, &setting, n, print)?);
+        rows.extend(bench::run(
+            &problems,
+            &bench::samplers(Some(o.budget))?,
+            &setting,
+            n,
+            print,
+        )?);
     }
     std::fs::create_dir_all(o.out)?;
     let md = format!(
@@ -124,7 +141,10 @@ fn plot(path: &Path, rows: &[BenchRow]) -> Result<()> {
             .y_label_area_size(if labels { 60 } else { 5 })
             .right_y_label_area_size(if labels { 10 } else { 0 });
         if labels {
-            b.caption("sliced W2 / noise floor at the defaults (1 = exact sampling)", ("sans-serif", 18));
+            b.caption(
+                "sliced W2 / noise floor at the defaults (1 = exact sampling)",
+                ("sans-serif", 18),
+            );
         }
         let np = problems.len().max(1) as f64;
         let mut chart = b.build_cartesian_2d(-0.5..np + 0.6, (0.5f64..hi).log_scale())?;
@@ -159,7 +179,10 @@ fn plot(path: &Path, rows: &[BenchRow]) -> Result<()> {
                         .map(|i| (i as f64 + off, r.sw2_ratio.max(0.5)))
                 })
                 .collect();
-            let series = chart.draw_series(pts.iter().map(|&(x, y)| Circle::new((x, y), 5, color.filled())))?;
+            let series = chart.draw_series(
+                pts.iter()
+                    .map(|&(x, y)| Circle::new((x, y), 5, color.filled())),
+            )?;
             if labels {
                 series
                     .label(s.to_string())

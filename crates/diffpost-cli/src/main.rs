@@ -6,6 +6,7 @@ mod bench_posterior;
 mod commands;
 mod demo_images;
 mod image_out;
+mod modes;
 mod report;
 mod tradeoff;
 mod train_cmd;
@@ -159,6 +160,32 @@ enum Cmd {
         /// measurements stay the same, so runs with several seeds give the sampling spread.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+    },
+    /// The posterior's modes on the MNIST prior: half of a held-out digit hidden, SMC vs Algorithm 2
+    /// vs DPS, samples grouped by the class of their nearest labelled digit (figure + table).
+    Modes {
+        #[arg(long, default_value = "models/mnist")]
+        model: PathBuf,
+        #[arg(long, default_value = "data/mnist_test256.npy")]
+        data: PathBuf,
+        #[arg(long, default_value = "data/mnist_test256_labels.npy")]
+        labels: PathBuf,
+        #[arg(long, default_value = "modes")]
+        out: PathBuf,
+        /// Row of the held-out digits (18: a 3).
+        #[arg(long, default_value_t = 18)]
+        index: usize,
+        /// Samples (SMC particles) per method.
+        #[arg(long, default_value_t = 64)]
+        n: usize,
+        #[arg(long, default_value_t = 200)]
+        dps_steps: usize,
+        /// SMC Langevin moves per stage (4x as many at the end).
+        #[arg(long, default_value_t = 20)]
+        moves_per_stage: usize,
+        /// The hidden half: left, right, top or bottom.
+        #[arg(long, default_value = "right")]
+        hide: String,
     },
     /// Micro-benchmarks (JSON).
     Bench {
@@ -342,6 +369,27 @@ fn main() {
             h_rel,
             final_denoise,
             seed,
+        }),
+        Cmd::Modes {
+            model,
+            data,
+            labels,
+            out,
+            index,
+            n,
+            dps_steps,
+            moves_per_stage,
+            hide,
+        } => modes::run(&modes::Opts {
+            model,
+            data,
+            labels,
+            out,
+            index,
+            n,
+            dps_steps,
+            moves_per_stage,
+            hide,
         }),
         Cmd::Bench {
             what:

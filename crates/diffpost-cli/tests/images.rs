@@ -176,6 +176,7 @@ fn train_measure_sample_images() {
         "kind = \"daps\"\nannealing_steps = 3\node_steps = 2\nlangevin_steps = 2",
         "kind = \"ald\"\nlevels = 3\nsteps_per_level = 2",
         "kind = \"prior\"\nsteps = 4\ninit_method = \"heun\"",
+        "kind = \"smc\"\nmoves_per_stage = 2\nfinal_moves = 2\ninit_steps = 3\nscore_sigma = 0.05\nfinal_denoise = true",
     ]
     .iter()
     .enumerate()

@@ -88,6 +88,10 @@ fn every_sampler_runs_on_both_checkpoint_kinds() {
         ("ald", "kind = \"ald\"\nlevels = 4\nsteps_per_level = 2"),
         ("prior", "kind = \"prior\"\nsteps = 10"),
         (
+            "smc",
+            "kind = \"smc\"\nmoves_per_stage = 2\nfinal_moves = 2\ninit_steps = 10\nscore_sigma = 0.05",
+        ),
+        (
             "cs",
             "kind = \"cs\"\nestimator = \"least-squares\"\nestimator_iters = 20\nstages = 3\nsteps_per_stage = 3\ninit_steps = 10",
         ),

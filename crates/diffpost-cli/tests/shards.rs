@@ -233,8 +233,16 @@ fn old_key_names_still_work_with_a_warning() {
 
 #[test]
 fn smc_writes_weights_evidence_and_eval_reports_mode_weights() {
-    let (dir, cfg) = setup("smc", "kind = \"smc\"\nmoves_per_stage = 20\nfinal_moves = 20", 0);
-    ok(bin().args(["sample", "--quiet", "--config"]).arg(&cfg).output().unwrap());
+    let (dir, cfg) = setup(
+        "smc",
+        "kind = \"smc\"\nmoves_per_stage = 20\nfinal_moves = 20",
+        0,
+    );
+    ok(bin()
+        .args(["sample", "--quiet", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap());
     let out = dir.join("whole");
     for f in ["samples.npy", "particles.npy", "weights.npy"] {
         assert!(out.join(f).exists(), "{f}");
@@ -252,7 +260,10 @@ fn smc_writes_weights_evidence_and_eval_reports_mode_weights() {
         .output()
         .unwrap());
     let m: serde_json::Value = serde_json::from_slice(&e.stdout).unwrap();
-    assert!(m["mode_tv"]["value"].is_number() && m["mode_tv"]["floor_sd"].is_number(), "{m}");
+    assert!(
+        m["mode_tv"]["value"].is_number() && m["mode_tv"]["floor_sd"].is_number(),
+        "{m}"
+    );
     assert_eq!(m["log_evidence"]["estimate"].as_f64().unwrap(), lz);
     let err = m["log_evidence"]["error"].as_f64().unwrap();
     assert!(err.abs() < 1.0, "{err}");
@@ -269,7 +280,13 @@ fn bench_posterior_quick_runs() {
         .output()
         .unwrap());
     let table = String::from_utf8_lossy(&o.stdout).to_string();
-    for name in ["gaussian-cs", "separated-d10", "digits-inpaint", "smc", "annealed"] {
+    for name in [
+        "gaussian-cs",
+        "separated-d10",
+        "digits-inpaint",
+        "smc",
+        "annealed",
+    ] {
         assert!(table.contains(name), "{table}");
     }
     for f in ["bench.md", "bench.json", "bench.png"] {

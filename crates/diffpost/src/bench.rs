@@ -40,10 +40,24 @@ fn dense(inst: crate::problem::Instance, name: &str, note: &str) -> Result<Bench
     })
 }
 
-fn digits(data: &Path, index: usize, op: &str, eta: f64, name: &str, note: &str) -> Result<BenchProblem> {
+fn digits(
+    data: &Path,
+    index: usize,
+    op: &str,
+    eta: f64,
+    name: &str,
+    note: &str,
+) -> Result<BenchProblem> {
     let prior = GaussianMixture::from_npz(data.join("digits_gmm.npz"))?;
     let spec: ImageOperatorSpec = toml_op(op)?;
-    let i = crate::problem::digits_instance(prior, &data.join("digits_test100.npy"), index, &spec, eta, 0)?;
+    let i = crate::problem::digits_instance(
+        prior,
+        &data.join("digits_test100.npy"),
+        index,
+        &spec,
+        eta,
+        0,
+    )?;
     Ok(BenchProblem {
         name: name.into(),
         note: note.into(),
@@ -56,7 +70,8 @@ fn digits(data: &Path, index: usize, op: &str, eta: f64, name: &str, note: &str)
 
 fn toml_op(s: &str) -> Result<ImageOperatorSpec> {
     let v: toml::Value = toml::from_str(s).map_err(|e| Error::param("bench", e.to_string()))?;
-    v.try_into().map_err(|e: toml::de::Error| Error::param("bench", e.to_string()))
+    v.try_into()
+        .map_err(|e: toml::de::Error| Error::param("bench", e.to_string()))
 }
 
 /// The suite's problems; `data` holds `digits_gmm.npz` and `digits_test100.npy`. `quick`: three
@@ -127,7 +142,9 @@ pub fn samplers(budget: Option<u64>) -> Result<Vec<(String, SamplerSpec)>> {
         let t: toml::Table = toml::from_str(s).map_err(|e| Error::param("bench", e.to_string()))?;
         SamplerSpec::from_table(&t)
     };
-    let kinds = ["exact", "annealed", "ula", "mala", "dps", "daps", "ald", "smc"];
+    let kinds = [
+        "exact", "annealed", "ula", "mala", "dps", "daps", "ald", "smc",
+    ];
     let mut v = Vec::new();
     for k in kinds {
         let spec = match budget {
@@ -141,14 +158,23 @@ pub fn samplers(budget: Option<u64>) -> Result<Vec<(String, SamplerSpec)>> {
                         "kind = \"annealed\"\ninit_steps = {init}\nsteps_per_stage = {}",
                         ((b - init) / 19).max(1)
                     ))?,
-                    "ula" => t(&format!("kind = \"ula\"\ninit_steps = {init}\nsteps = {}", b - init))?,
+                    "ula" => t(&format!(
+                        "kind = \"ula\"\ninit_steps = {init}\nsteps = {}",
+                        b - init
+                    ))?,
                     "mala" => t(&format!(
                         "kind = \"mala\"\ninit_steps = {init}\nsteps = {}",
                         b - init - 1
                     ))?,
                     "dps" => t(&format!("kind = \"dps\"\nsteps = {}", (b / 2).min(1000)))?,
-                    "daps" => t(&format!("kind = \"daps\"\nstages = 100\node_steps = {}", (b / 100).max(1)))?,
-                    "ald" => t(&format!("kind = \"ald\"\nstages = 50\nsteps_per_stage = {}", (b / 50).max(1)))?,
+                    "daps" => t(&format!(
+                        "kind = \"daps\"\nstages = 100\node_steps = {}",
+                        (b / 100).max(1)
+                    ))?,
+                    "ald" => t(&format!(
+                        "kind = \"ald\"\nstages = 50\nsteps_per_stage = {}",
+                        (b / 50).max(1)
+                    ))?,
                     other => t(&format!("kind = \"{other}\""))?,
                 }
             }
@@ -204,7 +230,8 @@ pub fn run(
         };
         for (name, spec) in samplers {
             let t = Instant::now();
-            let res = RunContext::new(parts, spec).and_then(|c| c.run(&RunPlan::new(n, 1), &NoProgress));
+            let res =
+                RunContext::new(parts, spec).and_then(|c| c.run(&RunPlan::new(n, 1), &NoProgress));
             let wall = t.elapsed().as_secs_f64();
             let row = match res {
                 Ok(out) => {
@@ -259,7 +286,14 @@ pub fn markdown(rows: &[BenchRow]) -> String {
     );
     for r in rows {
         if let Some(e) = &r.error {
-            s += &format!("| {} | {} | {} | | {:.1} | failed: {} | | | | |\n", r.problem, r.sampler, r.setting, r.wall_s, e.replace('|', "/"));
+            s += &format!(
+                "| {} | {} | {} | | {:.1} | failed: {} | | | | |\n",
+                r.problem,
+                r.sampler,
+                r.setting,
+                r.wall_s,
+                e.replace('|', "/")
+            );
             continue;
         }
         s += &format!(

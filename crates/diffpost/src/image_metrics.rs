@@ -174,3 +174,33 @@ pub fn mean_std(rows: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>) {
         .collect();
     (mean, std)
 }
+
+/// The label of each row's nearest reference (Euclidean, 1-NN): groups posterior samples of
+/// images by the class they look like, with labelled held-out images as references.
+pub fn nearest_labels(
+    rows: &[Vec<f64>],
+    refs: &[Vec<f64>],
+    labels: &[usize],
+) -> Result<Vec<usize>> {
+    if refs.is_empty() || refs.len() != labels.len() {
+        return Err(Error::param(
+            "references",
+            format!("{} references for {} labels", refs.len(), labels.len()),
+        ));
+    }
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let d2 = |q: &Vec<f64>| q.iter().zip(r).map(|(a, b)| (a - b) * (a - b)).sum::<f64>();
+            let (mut best, mut bd) = (0, f64::INFINITY);
+            for (i, q) in refs.iter().enumerate() {
+                let d = d2(q);
+                if d < bd {
+                    best = i;
+                    bd = d;
+                }
+            }
+            labels[best]
+        })
+        .collect())
+}

@@ -848,12 +848,15 @@ pub fn mode_weight_tv_with_floor(
     let value = mode_weight_tv(&posterior.assign(x)?, &w);
     let mut fl = Vec::with_capacity(repeats);
     for rep in 0..repeats {
-        let e = posterior
-            .sample_exact(&mut SampleStreams::new(0x666c_6f6f + rep as u64, 0..n as u64))?;
+        let e = posterior.sample_exact(&mut SampleStreams::new(
+            0x666c_6f6f + rep as u64,
+            0..n as u64,
+        ))?;
         fl.push(mode_weight_tv(&posterior.assign(&e)?, &w));
     }
     let mean = fl.iter().sum::<f64>() / repeats as f64;
-    let sd = (fl.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (repeats.max(2) - 1) as f64).sqrt();
+    let sd =
+        (fl.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (repeats.max(2) - 1) as f64).sqrt();
     Ok(WithFloor {
         value,
         floor_mean: mean,

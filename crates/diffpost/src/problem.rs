@@ -97,7 +97,11 @@ pub fn separated_gmm_instance(d: usize, m: usize, eta: f64, seed: u64) -> Result
     let ata = a.transpose() * &a;
     let eig = nalgebra::SymmetricEigen::new(ata);
     let mut order: Vec<usize> = (0..d).collect();
-    order.sort_by(|&i, &j| eig.eigenvalues[i].partial_cmp(&eig.eigenvalues[j]).expect("finite"));
+    order.sort_by(|&i, &j| {
+        eig.eigenvalues[i]
+            .partial_cmp(&eig.eigenvalues[j])
+            .expect("finite")
+    });
     let col = |i: usize| -> DVector<f64> { eig.eigenvectors.column(order[i]).into_owned() };
     let (n1, n2) = (col(0), col(1)); // invisible to A
     let (u, u2) = (col(d - 1), col(d - 2)); // seen best

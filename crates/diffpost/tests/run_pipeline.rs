@@ -127,9 +127,19 @@ fn mala_acceptance_is_weighted_by_samples_over_all_batches() {
     let s = spec("kind = \"mala\"\nsteps = 40\nh_rel = 1.5\ninit = \"exact-prior\"").unwrap();
     let n = 10;
     let by_batch = |batch: usize| {
-        let o = run_with(&inst, &s, RunPlan { batch: Some(batch), ..RunPlan::new(n, 5) });
+        let o = run_with(
+            &inst,
+            &s,
+            RunPlan {
+                batch: Some(batch),
+                ..RunPlan::new(n, 5)
+            },
+        );
         // `info.acceptance` (summary.json's) is the aggregate too.
-        assert_eq!(o.info.acceptance, Some(o.diagnostics.acceptance.unwrap().mean));
+        assert_eq!(
+            o.info.acceptance,
+            Some(o.diagnostics.acceptance.unwrap().mean)
+        );
         o.diagnostics.acceptance.unwrap()
     };
     // One sample per batch: the mean over the 10 per-sample rates.
@@ -151,7 +161,9 @@ fn mala_acceptance_is_weighted_by_samples_over_all_batches() {
         };
         let ctx = RunContext::new(parts, &s).unwrap();
         let mut streams = diffpost::rng::SampleStreams::new(5, 0..3);
-        let o = ctx.sample_batch(&mut streams, &diffpost::sampler::Silent).unwrap();
+        let o = ctx
+            .sample_batch(&mut streams, &diffpost::sampler::Silent)
+            .unwrap();
         o.info.acceptance.unwrap()
     };
     assert_eq!(per_sample.samples, 10);

@@ -12,7 +12,9 @@
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use diffpost::metrics::{exact_reference, mode_weight_tv_with_floor, MetricFloors, Reference, WithFloor};
+use diffpost::metrics::{
+    exact_reference, mode_weight_tv_with_floor, MetricFloors, Reference, WithFloor,
+};
 use diffpost::operator::{Dense, LinearOperator};
 use diffpost::prior::{Denoiser, GaussianMixture};
 use diffpost::rng::SampleStreams;
@@ -108,7 +110,9 @@ fn separated() -> Case {
 }
 
 fn data(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../data")
+        .join(name)
 }
 
 /// Held-out digit 2 with its left 5 columns hidden, eta = 0.3: posterior weights 0.34 / 0.39 /
@@ -131,7 +135,9 @@ fn smc_gets_the_mode_weights_where_annealing_cannot() {
     // Algorithm 1 at its defaults keeps (about) the prior's mode weights.
     let alg1 = c.run("kind = \"annealed\"", 1);
     assert!(!c.passes(&alg1.samples, "annealed (Alg. 1)"));
-    assert!(smc.diagnostics.score_evals_per_sample.max < alg1.diagnostics.score_evals_per_sample.max);
+    assert!(
+        smc.diagnostics.score_evals_per_sample.max < alg1.diagnostics.score_evals_per_sample.max
+    );
 
     // Companion: the same SMC with the weights never applied.
     let problem = Problem::new(&c.prior, c.op.as_ref(), &c.y, c.eta).unwrap();
@@ -154,15 +160,27 @@ fn smc_gets_the_mode_weights_where_annealing_cannot() {
 fn smc_evidence_matches_the_exact_evidence() {
     let c = separated();
     let est: Vec<f64> = (0..10)
-        .map(|s| c.run("kind = \"smc\"", 100 + s).diagnostics.log_evidence().unwrap())
+        .map(|s| {
+            c.run("kind = \"smc\"", 100 + s)
+                .diagnostics
+                .log_evidence()
+                .unwrap()
+        })
         .collect();
     let mean = est.iter().sum::<f64>() / 10.0;
     let sd = (est.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 9.0).sqrt();
-    eprintln!("log p(y): exact {:.4}, SMC {est:.4?} (mean {mean:.4}, sd {sd:.4})", c.log_z);
+    eprintln!(
+        "log p(y): exact {:.4}, SMC {est:.4?} (mean {mean:.4}, sd {sd:.4})",
+        c.log_z
+    );
     for e in &est {
         assert!((e - c.log_z).abs() < 0.1, "{e} vs {}", c.log_z);
     }
-    assert!((mean - c.log_z).abs() <= 3.0 * sd / 10f64.sqrt(), "{mean} vs {}", c.log_z);
+    assert!(
+        (mean - c.log_z).abs() <= 3.0 * sd / 10f64.sqrt(),
+        "{mean} vs {}",
+        c.log_z
+    );
     // Companions: the evidence estimate of SMC without its weights applied, and of a likelihood
     // with the wrong eta, fail the same 0.1-nat check.
     let problem = Problem::new(&c.prior, c.op.as_ref(), &c.y, c.eta).unwrap();
@@ -176,7 +194,11 @@ fn smc_evidence_matches_the_exact_evidence() {
     )
     .unwrap();
     let lb = broken.info.smc.unwrap()[0].log_evidence;
-    let lw = c.run_eta("kind = \"smc\"", 100, 0.5 * c.eta).diagnostics.log_evidence().unwrap();
+    let lw = c
+        .run_eta("kind = \"smc\"", 100, 0.5 * c.eta)
+        .diagnostics
+        .log_evidence()
+        .unwrap();
     eprintln!("companions: without weights {lb:.4}, eta / 2 {lw:.4}");
     assert!((lb - c.log_z).abs() > 0.1, "{lb}");
     assert!((lw - c.log_z).abs() > 0.1, "{lw}");
@@ -207,15 +229,19 @@ fn smc_on_a_log_concave_problem_matches_annealing_at_fewer_evaluations() {
         smc.diagnostics.score_evals_per_sample.max, alg1.diagnostics.score_evals_per_sample.max
     );
     assert!(r_smc <= 1.3, "{r_smc}");
-    assert!(smc.diagnostics.score_evals_per_sample.max <= alg1.diagnostics.score_evals_per_sample.max);
+    assert!(
+        smc.diagnostics.score_evals_per_sample.max <= alg1.diagnostics.score_evals_per_sample.max
+    );
 }
 
 #[test]
 fn populations_do_not_depend_on_batch_threads_or_shards() {
     let c = separated();
     let spec = SamplerSpec::from_table(
-        &toml::from_str::<toml::Table>("kind = \"smc\"\nparticles = 50\nmoves_per_stage = 10\nfinal_moves = 10")
-            .unwrap(),
+        &toml::from_str::<toml::Table>(
+            "kind = \"smc\"\nparticles = 50\nmoves_per_stage = 10\nfinal_moves = 10",
+        )
+        .unwrap(),
     )
     .unwrap();
     let ctx = RunContext::new(c.parts(c.eta), &spec).unwrap();
@@ -223,18 +249,35 @@ fn populations_do_not_depend_on_batch_threads_or_shards() {
     let whole = ctx.run(&plan, &NoProgress).unwrap();
     let rows = |t: &Tensor| -> Vec<f64> { t.flatten_all().unwrap().to_vec1().unwrap() };
     // One thread.
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
     let one = pool.install(|| ctx.run(&plan, &NoProgress).unwrap());
     assert_eq!(rows(&whole.samples), rows(&one.samples));
     // Any batch size (populations stay whole).
-    let b = ctx.run(&RunPlan { batch: Some(7), ..plan }, &NoProgress).unwrap();
+    let b = ctx
+        .run(
+            &RunPlan {
+                batch: Some(7),
+                ..plan
+            },
+            &NoProgress,
+        )
+        .unwrap();
     assert_eq!(rows(&whole.samples), rows(&b.samples));
     // Shards 0..3 of the 4 populations, concatenated.
     let mut parts = vec![];
     let mut lz = vec![];
     for k in 0..3 {
         let o = ctx
-            .run(&RunPlan { shard: Shard::new(k, 3).unwrap(), ..plan }, &NoProgress)
+            .run(
+                &RunPlan {
+                    shard: Shard::new(k, 3).unwrap(),
+                    ..plan
+                },
+                &NoProgress,
+            )
             .unwrap();
         parts.extend(rows(&o.samples));
         lz.extend(o.diagnostics.log_evidence_populations.clone());

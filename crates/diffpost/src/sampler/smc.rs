@@ -162,7 +162,10 @@ impl SmcConfig {
             } else {
                 Err(Error::param(
                     format!("sampler.{name}"),
-                    format!("must be in (0, 1{}, got {v}", if closed { "]" } else { ")" }),
+                    format!(
+                        "must be in (0, 1{}, got {v}",
+                        if closed { "]" } else { ")" }
+                    ),
                 ))
             }
         };
@@ -191,7 +194,21 @@ impl SmcConfig {
         Ok(())
     }
 
+    /// Whether a key of the diffusion start is set (then `init` defaults to "diffusion").
+    fn diffusion_keys_set(&self) -> bool {
+        self.init_steps.is_some()
+            || self.init_method.is_some()
+            || self.sigma_max.is_some()
+            || self.sigma_min.is_some()
+            || self.rho.is_some()
+    }
+
     fn init_keys(&self, auto: InitKind) -> InitKeys {
+        let auto = if self.diffusion_keys_set() {
+            InitKind::Diffusion
+        } else {
+            auto
+        };
         InitKeys {
             init: self.init.unwrap_or(auto),
             init_steps: self.init_steps,
@@ -395,7 +412,10 @@ fn sample_impl(
         traces.push(trace);
     }
     *streams = SampleStreams::join(pops);
-    let accs: Vec<f64> = traces.iter().flat_map(|t| t.acceptance.iter().copied()).collect();
+    let accs: Vec<f64> = traces
+        .iter()
+        .flat_map(|t| t.acceptance.iter().copied())
+        .collect();
     Ok(Output {
         samples: Tensor::cat(&samples, 0)?,
         score_evals: evals,
@@ -519,8 +539,7 @@ fn population(
         // Reweight: W_j <- W_j L(x_j)^delta; the mean increment estimates Z_next / Z_now.
         let a = tempered(&log_w, &r2, delta, eta);
         let lz = log_sum_exp(&a);
-        trace.log_evidence +=
-            lz - 0.5 * delta * m * (2.0 * std::f64::consts::PI * eta * eta).ln();
+        trace.log_evidence += lz - 0.5 * delta * m * (2.0 * std::f64::consts::PI * eta * eta).ln();
         if apply_weights {
             log_w = a.iter().map(|v| v - lz).collect();
         }
@@ -530,7 +549,11 @@ fn population(
             // The weighted sample of the posterior itself (weights.npy, particles.npy).
             weighted = Some((
                 x.clone(),
-                Tensor::from_vec(log_w.iter().map(|l| l.exp()).collect::<Vec<_>>(), p, &device)?,
+                Tensor::from_vec(
+                    log_w.iter().map(|l| l.exp()).collect::<Vec<_>>(),
+                    p,
+                    &device,
+                )?,
             ));
         }
         // At lambda = 1 always: the moves then start from an unweighted sample.
@@ -565,7 +588,8 @@ fn population(
                 None,
             ),
             Some(ld) => {
-                let (x, a) = mala_moves(problem, ld, &counted, x, eta_eff, h, moves, streams, stage)?;
+                let (x, a) =
+                    mala_moves(problem, ld, &counted, x, eta_eff, h, moves, streams, stage)?;
                 (x, Some(a))
             }
         };
@@ -647,7 +671,11 @@ mod tests {
     fn resampling_keeps_expected_counts() {
         let w = [0.05, 0.45, 0.0, 0.3, 0.2];
         let p = w.len();
-        for kind in [Resampling::Systematic, Resampling::Multinomial, Resampling::Residual] {
+        for kind in [
+            Resampling::Systematic,
+            Resampling::Multinomial,
+            Resampling::Residual,
+        ] {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
             let reps = 20_000;
             let mut counts = [0.0; 5];
@@ -661,7 +689,10 @@ mod tests {
             for j in 0..p {
                 let mean = counts[j] / reps as f64;
                 // Unbiased: E[count_j] = P W_j; Monte-Carlo sd < 1.2/sqrt(reps).
-                assert!((mean - p as f64 * w[j]).abs() < 0.03, "{kind:?} {j}: {mean}");
+                assert!(
+                    (mean - p as f64 * w[j]).abs() < 0.03,
+                    "{kind:?} {j}: {mean}"
+                );
             }
             assert_eq!(counts[2], 0.0, "{kind:?} picked a zero-weight particle");
         }
@@ -682,7 +713,9 @@ mod tests {
     fn bisection_hits_the_ess_target() {
         let p = 200;
         let log_w = vec![-(p as f64).ln(); p];
-        let r2: Vec<f64> = (0..p).map(|i| (i as f64 * 0.37).sin().powi(2) * 50.0).collect();
+        let r2: Vec<f64> = (0..p)
+            .map(|i| (i as f64 * 0.37).sin().powi(2) * 50.0)
+            .collect();
         let eta = 0.1;
         let d = next_delta(&log_w, &r2, 0.0, eta, 0.5);
         assert!(d > 0.0 && d < 1.0);
