@@ -365,6 +365,7 @@ pub fn demo_specs() -> Vec<(&'static str, SamplerSpec)> {
         ("dps", SamplerSpec::Dps(Default::default())),
         ("daps", SamplerSpec::Daps(Default::default())),
         ("ald", SamplerSpec::Ald(Default::default())),
+        ("smc", SamplerSpec::Smc(Default::default())),
     ]
 }
 
