@@ -660,6 +660,92 @@ pub fn evaluate_with_floor(
     Ok(reference.evaluate(x)?.with_floor(floors))
 }
 
+/// The exact reference of `posterior` (`n_ref` draws, its mean and covariance) and the noise
+/// floors of every metric for sample sets of size `n` (10 fresh exact sets). Fixed seeds, so
+/// `diffpost eval`, the demo and the benchmarks compare against the same reference.
+pub fn exact_reference(
+    posterior: &crate::prior::GaussianMixture,
+    n: usize,
+    n_ref: usize,
+) -> Result<(Reference, MetricFloors)> {
+    use crate::prior::{Denoiser, ExactSample};
+    use crate::rng::SampleStreams;
+    let d = posterior.dim();
+    let refs: Vec<f64> = posterior
+        .sample_exact(&mut SampleStreams::new(0x7265_6600, 0..n_ref as u64))?
+        .flatten_all()?
+        .to_vec1()?;
+    let mean: Vec<f64> = posterior.mean().iter().copied().collect();
+    let cov = posterior.covariance();
+    let covv: Vec<f64> = (0..d)
+        .flat_map(|r| (0..d).map(move |c| (r, c)))
+        .map(|(r, c)| cov[(r, c)])
+        .collect();
+    let reference = Reference::new(refs, d, mean, covv, 100, 0x6469_7273, 2000.min(n_ref))?;
+    let floors = noise_floor(
+        &reference,
+        |rep| {
+            Ok(posterior
+                .sample_exact(&mut SampleStreams::new(
+                    0x666c_6f6f + rep as u64,
+                    0..n as u64,
+                ))?
+                .flatten_all()?
+                .to_vec1()?)
+        },
+        10,
+    )?;
+    Ok((reference, floors))
+}
+
+/// Mode-weight total variation `0.5 sum_k |s_k - w_k|`: `s_k` the share of samples assigned to
+/// component `k` (`assign`), `w_k` the exact posterior component weights.
+pub fn mode_weight_tv(assign: &[usize], weights: &[f64]) -> f64 {
+    let n = assign.len().max(1) as f64;
+    let mut share = vec![0.0; weights.len()];
+    for &a in assign {
+        if a < share.len() {
+            share[a] += 1.0 / n;
+        }
+    }
+    0.5 * share
+        .iter()
+        .zip(weights)
+        .map(|(s, w)| (s - w).abs())
+        .sum::<f64>()
+}
+
+/// The mode-weight TV of the rows of `x` (each assigned to its most responsible component of
+/// `posterior`), with its noise floor: the same TV for `repeats` fresh exact sets of as many
+/// rows (the sets of [`exact_reference`]'s floors).
+pub fn mode_weight_tv_with_floor(
+    posterior: &crate::prior::GaussianMixture,
+    x: &Tensor,
+    repeats: usize,
+) -> Result<WithFloor> {
+    use crate::prior::ExactSample;
+    use crate::rng::SampleStreams;
+    let n = x.dims()[0];
+    let w = posterior.weights().to_vec();
+    let value = mode_weight_tv(&posterior.assign(x)?, &w);
+    let mut fl = Vec::with_capacity(repeats);
+    for rep in 0..repeats {
+        let e = posterior.sample_exact(&mut SampleStreams::new(
+            0x666c_6f6f + rep as u64,
+            0..n as u64,
+        ))?;
+        fl.push(mode_weight_tv(&posterior.assign(&e)?, &w));
+    }
+    let mean = fl.iter().sum::<f64>() / repeats as f64;
+    let sd =
+        (fl.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (repeats.max(2) - 1) as f64).sqrt();
+    Ok(WithFloor {
+        value,
+        floor_mean: mean,
+        floor_sd: sd,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -776,90 +862,4 @@ mod tests {
         let got = mmd2_unbiased(&x, &y, 2, bw).unwrap();
         assert!((got - expect).abs() < 1e-12, "{got} vs {expect}");
     }
-}
-
-/// The exact reference of `posterior` (`n_ref` draws, its mean and covariance) and the noise
-/// floors of every metric for sample sets of size `n` (10 fresh exact sets). Fixed seeds, so
-/// `diffpost eval`, the demo and the benchmarks compare against the same reference.
-pub fn exact_reference(
-    posterior: &crate::prior::GaussianMixture,
-    n: usize,
-    n_ref: usize,
-) -> Result<(Reference, MetricFloors)> {
-    use crate::prior::{Denoiser, ExactSample};
-    use crate::rng::SampleStreams;
-    let d = posterior.dim();
-    let refs: Vec<f64> = posterior
-        .sample_exact(&mut SampleStreams::new(0x7265_6600, 0..n_ref as u64))?
-        .flatten_all()?
-        .to_vec1()?;
-    let mean: Vec<f64> = posterior.mean().iter().copied().collect();
-    let cov = posterior.covariance();
-    let covv: Vec<f64> = (0..d)
-        .flat_map(|r| (0..d).map(move |c| (r, c)))
-        .map(|(r, c)| cov[(r, c)])
-        .collect();
-    let reference = Reference::new(refs, d, mean, covv, 100, 0x6469_7273, 2000.min(n_ref))?;
-    let floors = noise_floor(
-        &reference,
-        |rep| {
-            Ok(posterior
-                .sample_exact(&mut SampleStreams::new(
-                    0x666c_6f6f + rep as u64,
-                    0..n as u64,
-                ))?
-                .flatten_all()?
-                .to_vec1()?)
-        },
-        10,
-    )?;
-    Ok((reference, floors))
-}
-
-/// Mode-weight total variation `0.5 sum_k |s_k - w_k|`: `s_k` the share of samples assigned to
-/// component `k` (`assign`), `w_k` the exact posterior component weights.
-pub fn mode_weight_tv(assign: &[usize], weights: &[f64]) -> f64 {
-    let n = assign.len().max(1) as f64;
-    let mut share = vec![0.0; weights.len()];
-    for &a in assign {
-        if a < share.len() {
-            share[a] += 1.0 / n;
-        }
-    }
-    0.5 * share
-        .iter()
-        .zip(weights)
-        .map(|(s, w)| (s - w).abs())
-        .sum::<f64>()
-}
-
-/// The mode-weight TV of the rows of `x` (each assigned to its most responsible component of
-/// `posterior`), with its noise floor: the same TV for `repeats` fresh exact sets of as many
-/// rows (the sets of [`exact_reference`]'s floors).
-pub fn mode_weight_tv_with_floor(
-    posterior: &crate::prior::GaussianMixture,
-    x: &Tensor,
-    repeats: usize,
-) -> Result<WithFloor> {
-    use crate::prior::ExactSample;
-    use crate::rng::SampleStreams;
-    let n = x.dims()[0];
-    let w = posterior.weights().to_vec();
-    let value = mode_weight_tv(&posterior.assign(x)?, &w);
-    let mut fl = Vec::with_capacity(repeats);
-    for rep in 0..repeats {
-        let e = posterior.sample_exact(&mut SampleStreams::new(
-            0x666c_6f6f + rep as u64,
-            0..n as u64,
-        ))?;
-        fl.push(mode_weight_tv(&posterior.assign(&e)?, &w));
-    }
-    let mean = fl.iter().sum::<f64>() / repeats as f64;
-    let sd =
-        (fl.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (repeats.max(2) - 1) as f64).sqrt();
-    Ok(WithFloor {
-        value,
-        floor_mean: mean,
-        floor_sd: sd,
-    })
 }

@@ -107,7 +107,7 @@ pub fn separated_gmm_instance(d: usize, m: usize, eta: f64, seed: u64) -> Result
     let (u, u2) = (col(d - 1), col(d - 2)); // seen best
     let (sep, c) = (4.0, 0.5);
     let var = 0.25;
-    let means = vec![
+    let means = [
         (&n1 * (-sep / 2.0) - &u * c),
         (&n1 * (sep / 2.0) + &u * c),
         (&u2 * 3.0 + &n2 * 2.0),

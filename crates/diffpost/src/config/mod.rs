@@ -271,7 +271,7 @@ impl ProblemConfig {
             return Err(err("run.batch", "batch must be >= 1".into()));
         }
         let p = sampler.population_size(run.n);
-        if run.n % p != 0 {
+        if !run.n.is_multiple_of(p) {
             return Err(err(
                 "run.n",
                 format!("n must be a multiple of the population size {p}"),
@@ -311,10 +311,10 @@ impl ProblemConfig {
         let op: Box<dyn LinearOperator> = match &self.operator {
             OperatorSpec::Vector(VectorOperatorSpec::Identity {}) => Box::new(Identity::new(d)),
             OperatorSpec::Vector(VectorOperatorSpec::Matrix { path }) => Box::new(
-                Dense::from_npy(&self.resolve(path)).map_err(|e| self.err("operator.path", e))?,
+                Dense::from_npy(self.resolve(path)).map_err(|e| self.err("operator.path", e))?,
             ),
             OperatorSpec::Vector(VectorOperatorSpec::Mask { path }) => Box::new(
-                Mask::from_npy(&self.resolve(path)).map_err(|e| self.err("operator.path", e))?,
+                Mask::from_npy(self.resolve(path)).map_err(|e| self.err("operator.path", e))?,
             ),
             OperatorSpec::Image(spec) => {
                 let shape = prior.image_shape.ok_or_else(|| {

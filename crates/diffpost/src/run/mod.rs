@@ -371,7 +371,7 @@ impl RunPlan {
             return Err(Error::param("run.batch", "must be >= 1"));
         }
         let p = spec.population_size(self.n);
-        if p == 0 || self.n % p != 0 {
+        if p == 0 || !self.n.is_multiple_of(p) {
             return Err(Error::param(
                 "run.n",
                 format!(

@@ -389,7 +389,7 @@ fn sample_impl(
     cfg.validate()?;
     let b = streams.len();
     let p = cfg.particles.unwrap_or(b);
-    if p == 0 || b % p != 0 {
+    if p == 0 || !b.is_multiple_of(p) {
         return Err(Error::param(
             "sampler.particles",
             format!("a batch of {b} samples is not a whole number of populations of {p}"),
@@ -701,9 +701,9 @@ mod tests {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
             for _ in 0..200 {
                 let idx = resample(kind, &w, &mut rng);
-                for j in 0..p {
+                for (j, wj) in w.iter().enumerate() {
                     let c = idx.iter().filter(|&&i| i == j).count() as f64;
-                    assert!(c >= (p as f64 * w[j]).floor() - 1e-9, "{kind:?}");
+                    assert!(c >= (p as f64 * wj).floor() - 1e-9, "{kind:?}");
                 }
             }
         }
