@@ -101,21 +101,7 @@ pub fn run(o: &Opts) -> Result<()> {
 
 /// Sliced W2 / floor (log scale) per problem, one marker series per sampler, at the defaults.
 fn plot(path: &Path, rows: &[BenchRow]) -> Result<()> {
-    let font = [
-        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-        "/usr/share/fonts/TTF/DejaVuSans.ttf",
-    ]
-    .iter()
-    .find_map(|p| std::fs::read(p).ok());
-    let labels = match font {
-        Some(bytes) => plotters::style::register_font(
-            "sans-serif",
-            FontStyle::Normal,
-            Box::leak(bytes.into_boxed_slice()),
-        )
-        .is_ok(),
-        None => false,
-    };
+    let labels = crate::tradeoff::register_font();
     let rows: Vec<&BenchRow> = rows
         .iter()
         .filter(|r| r.setting == "defaults" && r.error.is_none())

@@ -150,15 +150,16 @@ pub fn run(o: &Opts) -> Result<()> {
     Ok(())
 }
 
-fn plot(path: &Path, rows: &[(usize, f64, f64, f64)], floor: f64) -> Result<()> {
-    // Text needs a font: DejaVu Sans where the system has it; without one the plot has no labels.
+/// Registers DejaVu Sans as the plots' "sans-serif" where the system has it; false without one
+/// (plots are then drawn without labels).
+pub(crate) fn register_font() -> bool {
     let font = [
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
         "/usr/share/fonts/TTF/DejaVuSans.ttf",
     ]
     .iter()
     .find_map(|p| std::fs::read(p).ok());
-    let labels = match font {
+    match font {
         Some(bytes) => plotters::style::register_font(
             "sans-serif",
             FontStyle::Normal,
@@ -166,7 +167,11 @@ fn plot(path: &Path, rows: &[(usize, f64, f64, f64)], floor: f64) -> Result<()> 
         )
         .is_ok(),
         None => false,
-    };
+    }
+}
+
+fn plot(path: &Path, rows: &[(usize, f64, f64, f64)], floor: f64) -> Result<()> {
+    let labels = register_font();
     let tmp = path.with_extension("tmp.png");
     {
         let root = BitMapBackend::new(&tmp, (900, 380)).into_drawing_area();

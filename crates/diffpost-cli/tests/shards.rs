@@ -301,16 +301,31 @@ fn bench_posterior_quick_runs() {
 fn the_whole_config_is_validated_before_anything_is_loaded() {
     // A missing prior file and a typo in [sampler]: the typo is reported (nothing was read yet).
     let (dir, cfg) = setup("order", "kind = \"annealed\"\nstagez = 3", 0);
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("prior.npz", "missing.npz");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("prior.npz", "missing.npz");
     std::fs::write(&cfg, text).unwrap();
-    let o = bin().args(["sample", "--quiet", "--config"]).arg(&cfg).output().unwrap();
+    let o = bin()
+        .args(["sample", "--quiet", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(!o.status.success());
-    assert!(err.contains("stagez") && !err.contains("missing.npz"), "{err}");
+    assert!(
+        err.contains("stagez") && !err.contains("missing.npz"),
+        "{err}"
+    );
     // With the typo fixed, the missing file is what fails.
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("stagez", "stages");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("stagez", "stages");
     std::fs::write(&cfg, text).unwrap();
-    let o = bin().args(["sample", "--quiet", "--config"]).arg(&cfg).output().unwrap();
+    let o = bin()
+        .args(["sample", "--quiet", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(!o.status.success() && err.contains("missing.npz"), "{err}");
     assert!(!dir.join("whole").exists());

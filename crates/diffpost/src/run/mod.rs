@@ -76,6 +76,19 @@ enum Warm {
     Dps(dps::DpsConfig),
 }
 
+impl Warm {
+    /// `x0` as `[d]`/`[1, d]` (shared) or `[n, d]` (one row per sample); any other shape is the
+    /// error `bad(dims)`.
+    fn from_tensor(x0: Tensor, d: usize, bad: impl FnOnce(&[usize]) -> Error) -> Result<Warm> {
+        Ok(match x0.dims() {
+            [dd] if *dd == d => Warm::Shared(x0.unsqueeze(0)?),
+            [1, dd] if *dd == d => Warm::Shared(x0),
+            [_, dd] if *dd == d => Warm::Rows(x0),
+            other => return Err(bad(other)),
+        })
+    }
+}
+
 /// Everything a run shares read-only between its batches; built once.
 pub struct RunContext<'a> {
     spec: SamplerSpec,
@@ -138,18 +151,12 @@ impl<'a> RunContext<'a> {
                     WarmStart::File(p) => {
                         let d = parts.prior.dim();
                         let t = crate::io::read_array(p, "warm start x0")?;
-                        match t.dims() {
-                            [dd] if *dd == d => Warm::Shared(t.unsqueeze(0)?),
-                            [_, dd] if *dd == d => Warm::Rows(t),
-                            other => {
-                                return Err(Error::File {
-                                    path: p.clone(),
-                                    reason: format!(
-                                    "warm start must be [d] or [n, d] with d = {d}, got {other:?}"
-                                ),
-                                })
-                            }
-                        }
+                        Warm::from_tensor(t, d, |other| Error::File {
+                            path: p.clone(),
+                            reason: format!(
+                                "warm start must be [d] or [n, d] with d = {d}, got {other:?}"
+                            ),
+                        })?
                     }
                 });
             }
@@ -187,18 +194,13 @@ impl<'a> RunContext<'a> {
         }
         let d = self.problem.prior.dim();
         let x0 = x0.to_dtype(candle_core::DType::F64)?;
-        self.warm = Some(match x0.dims() {
-            [dd] if *dd == d => Warm::Shared(x0.unsqueeze(0)?),
-            [1, dd] if *dd == d => Warm::Shared(x0),
-            [_, dd] if *dd == d => Warm::Rows(x0),
-            other => {
-                return Err(Error::shape(
-                    "warm start x0",
-                    format!("[d], [1, d] or [n, d] with d = {d}"),
-                    other,
-                ))
-            }
-        });
+        self.warm = Some(Warm::from_tensor(x0, d, |other| {
+            Error::shape(
+                "warm start x0",
+                format!("[d], [1, d] or [n, d] with d = {d}"),
+                other,
+            )
+        })?);
         Ok(self)
     }
 
@@ -440,11 +442,6 @@ pub struct SampleMean {
 }
 
 impl SampleMean {
-    fn add(&mut self, value: f64, count: u64) {
-        self.sum += value * count as f64;
-        self.samples += count;
-        self.mean = self.sum / self.samples as f64;
-    }
     fn merge(&mut self, o: &SampleMean) {
         self.sum += o.sum;
         self.samples += o.samples;
@@ -491,34 +488,35 @@ impl Diagnostics {
         let m = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         Some(m + (v.iter().map(|l| (l - m).exp()).sum::<f64>() / v.len() as f64).ln())
     }
-}
 
-impl Diagnostics {
     /// Adds a batch's output over `count` samples.
     pub fn add(&mut self, o: &Output, count: u64) {
-        let e = &mut self.score_evals_per_sample;
-        e.min = if e.samples == 0 {
-            o.score_evals
-        } else {
-            e.min.min(o.score_evals)
+        let batch = Diagnostics {
+            samples: count,
+            score_evals_per_sample: EvalStats {
+                mean: o.score_evals as f64,
+                max: o.score_evals,
+                min: o.score_evals,
+                total: o.score_evals * count,
+                samples: count,
+            },
+            acceptance: o.info.acceptance.map(|a| SampleMean {
+                mean: a,
+                samples: count,
+                sum: a * count as f64,
+            }),
+            log_evidence_populations: o
+                .info
+                .smc
+                .iter()
+                .flatten()
+                .map(|t| t.log_evidence)
+                .collect(),
         };
-        e.max = e.max.max(o.score_evals);
-        e.total += o.score_evals * count;
-        e.samples += count;
-        e.mean = e.total as f64 / e.samples as f64;
-        if let Some(a) = o.info.acceptance {
-            self.acceptance
-                .get_or_insert_with(Default::default)
-                .add(a, count);
-        }
-        if let Some(t) = &o.info.smc {
-            self.log_evidence_populations
-                .extend(t.iter().map(|t| t.log_evidence));
-        }
-        self.samples += count;
+        self.merge(&batch);
     }
 
-    /// Combines two shards' diagnostics.
+    /// Combines two sets of diagnostics (batches of a run, shards of a run).
     pub fn merge(&mut self, o: &Diagnostics) {
         let e = &mut self.score_evals_per_sample;
         let f = &o.score_evals_per_sample;

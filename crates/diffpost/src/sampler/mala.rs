@@ -47,13 +47,9 @@ impl MalaConfig {
     }
 }
 
-/// `(log pi(x) [B], grad log pi(x) [B, d])`.
-fn target(problem: &Problem, prior: &dyn LogDensity, x: &Tensor) -> Result<(Tensor, Tensor)> {
-    target_at(problem, prior, x, problem.eta)
-}
-
-/// `(log pi(x), grad log pi(x))` for the posterior with noise `eta` (SMC's tempered targets).
-pub(crate) fn target_at(
+/// `(log pi(x) [B], grad log pi(x) [B, d])` for the posterior with noise `eta` (the tempered
+/// targets of SMC use `eta / sqrt(lambda)`).
+fn target_at(
     problem: &Problem,
     prior: &dyn LogDensity,
     x: &Tensor,
@@ -65,6 +61,55 @@ pub(crate) fn target_at(
     let ll = (r.sqr()?.sum(D::Minus1)? / (-2.0 * e2))?;
     let g = (s + (problem.op.adjoint(&r)? / e2)?)?;
     Ok(((lp + ll)?, g))
+}
+
+/// `steps` MALA steps from `x` targeting the posterior with noise `eta` (one evaluation for the
+/// start, one per step, counted in `counted`); returns the chains and the acceptance rate.
+/// `(name, stage)` label a divergence; `on_step(k)` after step `k`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn steps(
+    problem: &Problem,
+    prior: &dyn LogDensity,
+    counted: &Counted,
+    mut x: Tensor,
+    eta: f64,
+    h: f64,
+    steps: usize,
+    streams: &mut SampleStreams,
+    (name, stage): (&str, usize),
+    mut on_step: impl FnMut(usize),
+) -> Result<(Tensor, f64)> {
+    let (mut lp, mut g) = target_at(problem, prior, &x, eta)?;
+    counted.add(1);
+    let shape = problem.prior.sample_shape();
+    let mut accepted = 0.0;
+    let b = streams.len();
+    for k in 0..steps {
+        let z = streams.randn(&shape, x.device())?;
+        let u = Tensor::from_vec(streams.uniform_vec(), b, x.device())?;
+        let mean = (&x + (&g * h)?)?;
+        let xp = (&mean + (z * (2.0 * h).sqrt())?)?;
+        let (lpp, gp) = target_at(problem, prior, &xp, eta)?;
+        counted.add(1);
+        let fwd = (&xp - &mean)?.sqr()?.sum(D::Minus1)?; // |x' - x - h g(x)|^2
+        let bwd = (&x - (&xp + (&gp * h)?)?)?.sqr()?.sum(D::Minus1)?;
+        let log_alpha = ((&lpp - &lp)? + ((fwd - bwd)? / (4.0 * h))?)?;
+        // Accept where log u < log alpha (NaN proposals are rejected).
+        let acc = u.log()?.lt(&log_alpha)?; // [B] u8
+        accepted += acc
+            .to_dtype(candle_core::DType::F64)?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+        let acc2 = acc.unsqueeze(1)?.broadcast_as(x.dims())?;
+        x = acc2.where_cond(&xp, &x)?;
+        g = acc2.where_cond(&gp, &g)?;
+        lp = acc.where_cond(&lpp, &lp)?;
+        if k % 50 == 49 {
+            check_finite(&x, name, stage, k)?;
+        }
+        on_step(k);
+    }
+    Ok((x, accepted / (b as f64 * steps.max(1) as f64)))
 }
 
 /// Runs MALA. `prior` must be the same prior as `problem.prior`, seen through its log-density.
@@ -83,7 +128,7 @@ pub fn sample(
         _ => prior_lipschitz(problem.prior, cfg.l_prior)?,
     };
     let h = cfg.step.step(l, problem.a_norm()?, problem.eta);
-    let mut x = initialise(
+    let x = initialise(
         &counted,
         exact,
         &cfg.init,
@@ -92,38 +137,19 @@ pub fn sample(
         "mala init",
     )?;
     let init_evals = counted.evals();
-    let (mut lp, mut g) = target(problem, prior, &x)?;
-    counted.add(1);
-    let shape = problem.prior.sample_shape();
-    let mut accepted = 0.0;
-    let b = streams.len();
     let total = init_evals + 1 + cfg.steps as u64;
-    for k in 0..cfg.steps {
-        let z = streams.randn(&shape, x.device())?;
-        let u = Tensor::from_vec(streams.uniform_vec(), b, x.device())?;
-        let mean = (&x + (&g * h)?)?;
-        let xp = (&mean + (z * (2.0 * h).sqrt())?)?;
-        let (lpp, gp) = target(problem, prior, &xp)?;
-        counted.add(1);
-        let fwd = (&xp - &mean)?.sqr()?.sum(D::Minus1)?; // |x' - x - h g(x)|^2
-        let bwd = (&x - (&xp + (&gp * h)?)?)?.sqr()?.sum(D::Minus1)?;
-        let log_alpha = ((&lpp - &lp)? + ((fwd - bwd)? / (4.0 * h))?)?;
-        // Accept where log u < log alpha (NaN proposals are rejected).
-        let acc = u.log()?.lt(&log_alpha)?; // [B] u8
-        accepted += acc
-            .to_dtype(candle_core::DType::F64)?
-            .sum_all()?
-            .to_scalar::<f64>()?;
-        let acc2 = acc.unsqueeze(1)?.broadcast_as(x.dims())?;
-        x = acc2.where_cond(&xp, &x)?;
-        g = acc2.where_cond(&gp, &g)?;
-        lp = acc.where_cond(&lpp, &lp)?;
-        if k % 50 == 49 {
-            check_finite(&x, "mala", 1, k)?;
-        }
-        mon.on_step(init_evals + k as u64 + 2, total);
-    }
-    let acceptance = accepted / (b as f64 * cfg.steps.max(1) as f64);
+    let (x, acceptance) = steps(
+        problem,
+        prior,
+        &counted,
+        x,
+        problem.eta,
+        h,
+        cfg.steps,
+        streams,
+        ("mala", 1),
+        |k| mon.on_step(init_evals + k as u64 + 2, total),
+    )?;
     Ok(Output {
         weighted: None,
         samples: x,

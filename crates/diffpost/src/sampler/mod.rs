@@ -142,12 +142,19 @@ impl<'a> Problem<'a> {
         let x = x
             .to_dtype(candle_core::DType::F64)?
             .to_device(&self.y.device().clone())?;
-        let r = self.y.broadcast_sub(&self.op.apply(&x)?)?;
-        let m = self.op.out_dim() as f64;
+        let scale = self.eta * (self.op.out_dim() as f64).sqrt();
+        Ok(self
+            .residuals_sq(&x)?
+            .iter()
+            .map(|r2| r2.sqrt() / scale)
+            .collect())
+    }
+
+    /// `|y - A x|^2` of every row of `x: [B, d]`.
+    pub fn residuals_sq(&self, x: &Tensor) -> Result<Vec<f64>> {
+        let r = self.y.broadcast_sub(&self.op.apply(x)?)?;
         Ok(r.sqr()?
-            .sum(1)?
-            .sqrt()?
-            .affine(1.0 / (self.eta * m.sqrt()), 0.0)?
+            .sum(candle_core::D::Minus1)?
             .to_dtype(candle_core::DType::F64)?
             .to_vec1()?)
     }

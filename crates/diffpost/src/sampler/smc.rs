@@ -19,7 +19,7 @@
 //! `j` from stream `j`, resampling from the population's first stream), so a population's result
 //! does not depend on the batch, the thread count or the shard it ran in.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::Tensor;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -345,12 +345,6 @@ pub fn resample(kind: Resampling, w: &[f64], rng: &mut impl Rng) -> Vec<usize> {
     out
 }
 
-/// `|y - A x_j|^2` per particle.
-fn residuals_sq(problem: &Problem, x: &Tensor) -> Result<Vec<f64>> {
-    let r = problem.y.broadcast_sub(&problem.op.apply(x)?)?;
-    Ok(r.sqr()?.sum(D::Minus1)?.to_dtype(DType::F64)?.to_vec1()?)
-}
-
 /// Runs SMC on every population of `streams` (consecutive blocks of `P` streams).
 pub fn sample(
     problem: &Problem,
@@ -522,7 +516,7 @@ fn population(
                 ),
             });
         }
-        let r2 = residuals_sq(problem, &x)?;
+        let r2 = problem.residuals_sq(&x)?;
         if r2.iter().any(|v| !v.is_finite()) {
             return Err(Error::Diverged {
                 sampler: "smc".into(),
@@ -588,8 +582,19 @@ fn population(
                 None,
             ),
             Some(ld) => {
-                let (x, a) =
-                    mala_moves(problem, ld, &counted, x, eta_eff, h, moves, streams, stage)?;
+                let (x, a) = super::mala::steps(
+                    problem,
+                    ld,
+                    &counted,
+                    x,
+                    eta_eff,
+                    h,
+                    moves,
+                    streams,
+                    ("smc", stage),
+                    |_| {},
+                )?;
+                check_finite(&x, "smc", stage, moves)?;
                 (x, Some(a))
             }
         };
@@ -619,47 +624,6 @@ fn population(
     trace.score_evals = counted.evals();
     let _ = shape;
     Ok((particles, weights, out, trace))
-}
-
-/// `steps` MALA moves targeting the posterior with noise `eta_eff`; returns the acceptance rate.
-#[allow(clippy::too_many_arguments)]
-fn mala_moves(
-    problem: &Problem,
-    prior: &dyn LogDensity,
-    counted: &Counted,
-    mut x: Tensor,
-    eta_eff: f64,
-    h: f64,
-    steps: usize,
-    streams: &mut SampleStreams,
-    stage: usize,
-) -> Result<(Tensor, f64)> {
-    let shape = problem.prior.sample_shape();
-    let b = streams.len();
-    let (mut lp, mut g) = super::mala::target_at(problem, prior, &x, eta_eff)?;
-    counted.add(1);
-    let mut accepted = 0.0;
-    for k in 0..steps {
-        let z = streams.randn(&shape, x.device())?;
-        let u = Tensor::from_vec(streams.uniform_vec(), b, x.device())?;
-        let mean = (&x + (&g * h)?)?;
-        let xp = (&mean + (z * (2.0 * h).sqrt())?)?;
-        let (lpp, gp) = super::mala::target_at(problem, prior, &xp, eta_eff)?;
-        counted.add(1);
-        let fwd = (&xp - &mean)?.sqr()?.sum(D::Minus1)?;
-        let bwd = (&x - (&xp + (&gp * h)?)?)?.sqr()?.sum(D::Minus1)?;
-        let log_alpha = ((&lpp - &lp)? + ((fwd - bwd)? / (4.0 * h))?)?;
-        let acc = u.log()?.lt(&log_alpha)?;
-        accepted += acc.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
-        let acc2 = acc.unsqueeze(1)?.broadcast_as(x.dims())?;
-        x = acc2.where_cond(&xp, &x)?;
-        g = acc2.where_cond(&gp, &g)?;
-        lp = acc.where_cond(&lpp, &lp)?;
-        if k % 50 == 49 || k + 1 == steps {
-            check_finite(&x, "smc", stage, k)?;
-        }
-    }
-    Ok((x, accepted / (b * steps.max(1)) as f64))
 }
 
 #[cfg(test)]
