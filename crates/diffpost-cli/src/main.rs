@@ -178,6 +178,9 @@ enum Cmd {
         /// Samples (SMC particles) per method.
         #[arg(long, default_value_t = 64)]
         n: usize,
+        /// SMC particles (one population); default: --n.
+        #[arg(long)]
+        particles: Option<usize>,
         #[arg(long, default_value_t = 200)]
         dps_steps: usize,
         /// SMC Langevin moves per stage (4x as many at the end).
@@ -377,6 +380,7 @@ fn main() {
             out,
             index,
             n,
+            particles,
             dps_steps,
             moves_per_stage,
             hide,
@@ -387,6 +391,7 @@ fn main() {
             out,
             index,
             n,
+            particles,
             dps_steps,
             moves_per_stage,
             hide,

@@ -26,10 +26,29 @@ pub struct Opts {
     pub out: PathBuf,
     pub index: usize,
     pub n: usize,
+    /// SMC particles (one population); `n` when not given.
+    pub particles: Option<usize>,
     pub dps_steps: usize,
     pub moves_per_stage: usize,
     /// Which half is hidden: left, right, top, bottom.
     pub hide: String,
+}
+
+/// Mean RMS pixel distance between pairs of samples (0 when they are copies of one another).
+fn spread(r: &[Vec<f64>]) -> f64 {
+    let (mut sum, mut pairs) = (0.0, 0usize);
+    for i in 0..r.len() {
+        for j in i + 1..r.len() {
+            let d2: f64 = r[i].iter().zip(&r[j]).map(|(a, b)| (a - b) * (a - b)).sum();
+            sum += (d2 / r[i].len() as f64).sqrt();
+            pairs += 1;
+        }
+    }
+    if pairs == 0 {
+        0.0
+    } else {
+        sum / pairs as f64
+    }
 }
 
 fn rows(t: &Tensor) -> Result<Vec<Vec<f64>>> {
@@ -118,7 +137,8 @@ pub fn run(o: &Opts) -> Result<()> {
         o.moves_per_stage,
         4 * o.moves_per_stage
     ))?)?;
-    let smc = RunContext::new(parts, &smc_spec)?.run(&RunPlan::new(o.n, 0), &NoProgress)?;
+    let particles = o.particles.unwrap_or(o.n);
+    let smc = RunContext::new(parts, &smc_spec)?.run(&RunPlan::new(particles, 0), &NoProgress)?;
     let t_smc = t.elapsed().as_secs_f64();
     // DPS, then Algorithm 2 from each sample's own DPS output (as demo --images).
     let t = Instant::now();
@@ -199,11 +219,12 @@ pub fn run(o: &Opts) -> Result<()> {
     let md = format!(
         "MNIST test digit {} (label {}), {} half hidden, eta = {eta}, {} samples per method (`diffpost modes --index {} --hide {}`, {:.0} s).\n\
          Samples grouped by the label of their nearest labelled held-out digit.\n\n\
-         | method | evaluations per sample | wall s | groups (share of samples) |\n|---|---:|---:|---|\n\
-         | SMC ({stages} stages, log p(y) = {}) | {:.0} | {:.0} | {} |\n\
-         | SMC weighted particles (sum of weights) | | | {} |\n\
-         | Alg. 2 warm-started from DPS | {} | {:.0} | {} |\n\
-         | DPS | {} | {:.0} | {} |\n",
+         | method | samples | evaluations per sample | wall s | spread | groups (share of samples) |\n|---|---:|---:|---:|---:|---|\n\
+         | SMC ({stages} stages, log p(y) = {}) | {particles} | {:.0} | {:.0} | {:.3} | {} |\n\
+         | SMC weighted particles (sum of weights) | | | | | {} |\n\
+         | Alg. 2 warm-started from DPS | {} | {} | {:.0} | {:.3} | {} |\n\
+         | DPS | {} | {} | {:.0} | {:.3} | {} |\n\n\
+         Spread: mean RMS pixel distance between two samples of the method (0 for copies).\n",
         o.index,
         labels[o.index],
         o.hide,
@@ -214,13 +235,18 @@ pub fn run(o: &Opts) -> Result<()> {
         lz.map(|v| format!("{v:.1}")).unwrap_or_default(),
         smc.diagnostics.score_evals_per_sample.mean,
         t_smc,
+        spread(&smc_rows),
         fmt(&smc_shares),
         fmt(&weight_shares),
+        o.n,
         l.score_evals + d.score_evals,
         t_loc,
+        spread(&loc_rows),
         fmt(&shares(&g_loc, None)),
+        o.n,
         d.score_evals,
         t_dps,
+        spread(&dps_rows),
         fmt(&shares(&g_dps, None)),
     );
     print!("{md}");
@@ -236,10 +262,10 @@ pub fn run(o: &Opts) -> Result<()> {
         serde_json::to_string_pretty(&json!({
             "index": o.index, "label": labels[o.index], "hide": o.hide, "eta": eta, "n": o.n,
             "grid": "row 1: truth | pseudo-inverse; then SMC, Alg. 2, DPS samples sorted by group",
-            "smc": {"groups": js(&smc_shares), "weighted_groups": js(&weight_shares), "log_evidence": lz,
+            "smc": {"particles": particles, "spread": spread(&smc_rows), "groups": js(&smc_shares), "weighted_groups": js(&weight_shares), "log_evidence": lz,
                     "evals": smc.diagnostics.score_evals_per_sample.mean, "stages": stages, "wall_s": t_smc},
-            "alg2": {"groups": js(&shares(&g_loc, None)), "evals": l.score_evals + d.score_evals, "wall_s": t_loc},
-            "dps": {"groups": js(&shares(&g_dps, None)), "evals": d.score_evals, "wall_s": t_dps},
+            "alg2": {"spread": spread(&loc_rows), "groups": js(&shares(&g_loc, None)), "evals": l.score_evals + d.score_evals, "wall_s": t_loc},
+            "dps": {"spread": spread(&dps_rows), "groups": js(&shares(&g_dps, None)), "evals": d.score_evals, "wall_s": t_dps},
         }))?
         .as_bytes(),
     )?;
