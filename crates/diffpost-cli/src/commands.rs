@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
+use diffpost::commit::{Replace, Staging};
 use diffpost::config::ProblemConfig;
 use diffpost::metrics::exact_reference;
 use diffpost::prior::Denoiser;
@@ -39,23 +40,43 @@ fn bar(name: &str) -> Bar {
     Bar(b)
 }
 
+/// What a run folder may hold: a previous run's outputs are replaced as a whole, anything else
+/// in the folder makes the run refuse it (before any work).
+const RUN_OUTPUTS: Replace = Replace::Outputs {
+    names: &[
+        "samples.npy",
+        "particles.npy",
+        "weights.npy",
+        "summary.json",
+        "metrics.json",
+    ],
+    suffixes: &[".png"],
+};
+
+/// Takes the output folder (validated, locked, staged) and reports what it cleaned up.
+pub fn stage(out: &Path, replace: Replace) -> Result<Staging> {
+    let s = Staging::begin(out, replace)?;
+    for n in s.notes() {
+        eprintln!("note: {n}");
+    }
+    Ok(s)
+}
+
 /// Writes `samples.npy`, `summary.json` and, for weighted samplers (SMC), `particles.npy` and
-/// `weights.npy` into `dir`.
+/// `weights.npy` into the staging folder.
 fn write_run(
-    dir: &Path,
+    dir: &Staging,
     samples: &Tensor,
     weighted: Option<&Weighted>,
     summary: &RunSummary,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("{}: cannot create output folder", dir.display()))?;
-    diffpost::io::write_npy(&dir.join("samples.npy"), samples)?;
+    dir.write_npy("samples.npy", samples)?;
     if let Some(w) = weighted {
-        diffpost::io::write_npy(&dir.join("particles.npy"), &w.particles)?;
-        diffpost::io::write_npy(&dir.join("weights.npy"), &w.weights)?;
+        dir.write_npy("particles.npy", &w.particles)?;
+        dir.write_npy("weights.npy", &w.weights)?;
     }
-    diffpost::io::write_bytes(
-        &dir.join("summary.json"),
+    dir.write_bytes(
+        "summary.json",
         serde_json::to_string_pretty(summary)?.as_bytes(),
     )?;
     Ok(())
@@ -89,6 +110,8 @@ pub fn sample(
             eprintln!("warning: {}: {w}", config_path.display());
         }
     }
+    // The output folder is checked and locked before any work.
+    let staging = stage(&out_dir, RUN_OUTPUTS)?;
     let t_load = Instant::now();
     let l = cfg.load(device)?;
     let load_s = t_load.elapsed().as_secs_f64();
@@ -113,7 +136,7 @@ pub fn sample(
         json!({ "load": load_s, "build_run": context_s, "sample": wall }),
     );
     let image_metrics = match l.image_shape() {
-        Some(_) => Some(crate::image_out::write(&l, &out.samples, &out_dir)?),
+        Some(_) => Some(crate::image_out::write(&l, &out.samples, staging.path())?),
         None => None,
     };
     if image_metrics.is_some() {
@@ -121,7 +144,8 @@ pub fn sample(
             .extra
             .insert("image_metrics".into(), json!("metrics.json"));
     }
-    write_run(&out_dir, &out.samples, out.weighted.as_ref(), &summary)?;
+    write_run(&staging, &out.samples, out.weighted.as_ref(), &summary)?;
+    staging.commit()?;
     if !quiet {
         if let Some(m) = &image_metrics {
             eprintln!(
@@ -156,6 +180,7 @@ pub fn sample(
 
 /// `diffpost merge`: checks that `dirs` are the shards of one run and writes the whole run.
 pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<()> {
+    let staging = stage(out, RUN_OUTPUTS)?;
     let mut parts = Vec::with_capacity(dirs.len());
     let mut weighted = Vec::with_capacity(dirs.len());
     for d in dirs {
@@ -194,7 +219,8 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<()> {
     } else {
         None
     };
-    write_run(out, &samples, weighted.as_ref(), &summary)?;
+    write_run(&staging, &samples, weighted.as_ref(), &summary)?;
+    staging.commit()?;
     println!(
         "merged {} shards: {} samples (d = {}) -> {}",
         dirs.len(),
@@ -209,21 +235,34 @@ fn vec_tensor(v: &[f64]) -> Result<Tensor> {
     Ok(Tensor::from_vec(v.to_vec(), v.len(), &Device::Cpu)?)
 }
 
-pub fn problem_gmm(d: usize, m: usize, k: usize, eta: f64, seed: u64, out: &Path) -> Result<()> {
+/// A problem folder is replaced only with `--force` (its earlier runs go with it).
+fn problem_replace(force: bool) -> Replace<'static> {
+    if force {
+        Replace::Any
+    } else {
+        Replace::Never {
+            allow_with: "pass --force to replace the whole folder (with any runs inside it)",
+        }
+    }
+}
+
+pub fn problem_gmm(
+    d: usize,
+    m: usize,
+    k: usize,
+    eta: f64,
+    seed: u64,
+    out: &Path,
+    force: bool,
+) -> Result<()> {
+    diffpost::problem::check_gmm_instance_size(d, m, k)?;
+    let staging = stage(out, problem_replace(force))?;
     let inst = diffpost::problem::random_gmm_instance(d, m, k, eta, seed)?;
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("{}: cannot create folder", out.display()))?;
-    inst.prior.write_npz(out.join("prior.npz"))?;
+    inst.prior.write_npz(staging.path().join("prior.npz"))?;
     let a_rows: Vec<f64> = inst.a.transpose().iter().copied().collect();
-    diffpost::io::write_npy(
-        &out.join("A.npy"),
-        &Tensor::from_vec(a_rows, (m, d), &Device::Cpu)?,
-    )?;
-    diffpost::io::write_npy(
-        &out.join("x_true.npy"),
-        &vec_tensor(inst.x_true.as_slice())?,
-    )?;
-    diffpost::io::write_npy(&out.join("y.npy"), &vec_tensor(inst.y.as_slice())?)?;
+    staging.write_npy("A.npy", &Tensor::from_vec(a_rows, (m, d), &Device::Cpu)?)?;
+    staging.write_npy("x_true.npy", &vec_tensor(inst.x_true.as_slice())?)?;
+    staging.write_npy("y.npy", &vec_tensor(inst.y.as_slice())?)?;
     let toml = format!(
         "# Random instance: diffpost problem gmm --d {d} --m {m} --k {k} --eta {eta} --seed {seed}\n\
          [prior]\nkind = \"gmm\"\npath = \"prior.npz\"\n\n\
@@ -233,7 +272,8 @@ pub fn problem_gmm(d: usize, m: usize, k: usize, eta: f64, seed: u64, out: &Path
          [run]\nn = 2000\nseed = 0\nout = \"out\"\n",
         KINDS.join(" | ")
     );
-    diffpost::io::write_bytes(&out.join("problem.toml"), toml.as_bytes())?;
+    staging.write_bytes("problem.toml", toml.as_bytes())?;
+    staging.commit()?;
     println!(
         "wrote {}/{{prior.npz, A.npy, x_true.npy, y.npy, problem.toml}}",
         out.display()
@@ -241,12 +281,12 @@ pub fn problem_gmm(d: usize, m: usize, k: usize, eta: f64, seed: u64, out: &Path
     Ok(())
 }
 
-pub fn problem_denoise(d: usize, eta: f64, seed: u64, out: &Path) -> Result<()> {
+pub fn problem_denoise(d: usize, eta: f64, seed: u64, out: &Path, force: bool) -> Result<()> {
+    diffpost::limits::check_alloc("--d", 3 * 8 * d as u128)?;
+    let staging = stage(out, problem_replace(force))?;
     let (x, y) = diffpost::problem::denoise_instance(d, eta, seed)?;
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("{}: cannot create folder", out.display()))?;
-    diffpost::io::write_npy(&out.join("x_true.npy"), &vec_tensor(&x)?)?;
-    diffpost::io::write_npy(&out.join("y.npy"), &vec_tensor(&y)?)?;
+    staging.write_npy("x_true.npy", &vec_tensor(&x)?)?;
+    staging.write_npy("y.npy", &vec_tensor(&y)?)?;
     let toml = format!(
         "# Denoising instance: diffpost problem denoise --d {d} --eta {eta} --seed {seed}\n\
          [prior]\nkind = \"isotropic\"\nd = {d}\nvar = 1.0\n\n\
@@ -255,7 +295,8 @@ pub fn problem_denoise(d: usize, eta: f64, seed: u64, out: &Path) -> Result<()> 
          [sampler]\nkind = \"annealed\"\n\n\
          [run]\nn = 500\nseed = 0\nout = \"out\"\n"
     );
-    diffpost::io::write_bytes(&out.join("problem.toml"), toml.as_bytes())?;
+    staging.write_bytes("problem.toml", toml.as_bytes())?;
+    staging.commit()?;
     println!(
         "wrote {}/{{x_true.npy, y.npy, problem.toml}}",
         out.display()
@@ -271,19 +312,24 @@ pub fn measure(config_path: &Path, out: &Path) -> Result<()> {
             config_path.display()
         );
     }
+    let staging = stage(
+        out,
+        Replace::Outputs {
+            names: &["y.npy", "x_true.npy", "measurement.png"],
+            suffixes: &[],
+        },
+    )?;
     let l = cfg.load(&Device::Cpu)?;
     let truth = l.truth.as_ref().expect("simulated from truth");
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("{}: cannot create folder", out.display()))?;
-    diffpost::io::write_npy(&out.join("y.npy"), &vec_tensor(&l.y_vec)?)?;
-    diffpost::io::write_npy(&out.join("x_true.npy"), &vec_tensor(truth)?)?;
+    staging.write_npy("y.npy", &vec_tensor(&l.y_vec)?)?;
+    staging.write_npy("x_true.npy", &vec_tensor(truth)?)?;
     if let Some(shape) = l.image_shape() {
         let pinv: Vec<f64> =
             l.op.pseudo_inverse(&l.y.unsqueeze(0)?)?
                 .flatten_all()?
                 .to_vec1()?;
         diffpost::imaging::save_grid(
-            &out.join("measurement.png"),
+            &staging.path().join("measurement.png"),
             &[truth.clone(), pinv],
             shape,
             2,
@@ -291,6 +337,7 @@ pub fn measure(config_path: &Path, out: &Path) -> Result<()> {
             1.0,
         )?;
     }
+    staging.commit()?;
     println!(
         "operator {}: m = {} real measurements, eta = {} (units of x); wrote {}/y.npy, x_true.npy{}",
         l.op.name(),

@@ -214,6 +214,9 @@ enum ProblemKind {
         seed: u64,
         #[arg(long)]
         out: PathBuf,
+        /// Replace an existing, non-empty OUT (and any runs inside it).
+        #[arg(long)]
+        force: bool,
     },
     /// Denoising: prior N(0, I_d), identity operator, y = x_true + eta xi (no prior file).
     Denoise {
@@ -225,6 +228,9 @@ enum ProblemKind {
         seed: u64,
         #[arg(long)]
         out: PathBuf,
+        /// Replace an existing, non-empty OUT (and any runs inside it).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -308,11 +314,19 @@ fn main() {
                     eta,
                     seed,
                     out,
+                    force,
                 },
-        } => commands::problem_gmm(d, m, k, eta, seed, &out),
+        } => commands::problem_gmm(d, m, k, eta, seed, &out, force),
         Cmd::Problem {
-            kind: ProblemKind::Denoise { d, eta, seed, out },
-        } => commands::problem_denoise(d, eta, seed, &out),
+            kind:
+                ProblemKind::Denoise {
+                    d,
+                    eta,
+                    seed,
+                    out,
+                    force,
+                },
+        } => commands::problem_denoise(d, eta, seed, &out, force),
         Cmd::Measure { config, out } => commands::measure(&config, &out),
         Cmd::Eval {
             config,

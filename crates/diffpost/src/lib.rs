@@ -7,6 +7,7 @@
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 pub mod bench;
+pub mod commit;
 pub mod config;
 pub mod error;
 pub mod metrics;
@@ -16,6 +17,7 @@ pub use error::{Error, Result};
 pub mod image_metrics;
 pub mod imaging;
 pub mod io;
+pub mod limits;
 pub mod nn;
 pub mod operator;
 pub mod prior;

@@ -20,6 +20,15 @@ pub struct Instance {
 /// A random instance: `K` overlapping components with means `N(0, 0.5^2 I)` (K > 1) or 0 (K = 1),
 /// covariances `Q diag(lambda) Q^T` with random rotations `Q` and `lambda` log-uniform in
 /// [0.25, 1]; `A` Gaussian with entries `N(0, 1/m)`; `x_true` drawn from the prior.
+/// Checks, before allocating, that a random instance of this size fits in memory: `k` dense
+/// `d x d` covariances (and their factorisations), an `m x d` matrix.
+pub fn check_gmm_instance_size(d: usize, m: usize, k: usize) -> Result<()> {
+    use crate::limits::{check_alloc, product};
+    let (d, m, k) = (d as u128, m as u128, k as u128);
+    let floats = product(&[k.saturating_add(1), 4, d, d]).saturating_add(product(&[2, m, d]));
+    check_alloc("--d/--m/--k", floats.saturating_mul(8))
+}
+
 pub fn random_gmm_instance(d: usize, m: usize, k: usize, eta: f64, seed: u64) -> Result<Instance> {
     if d == 0 || m == 0 || k == 0 {
         return Err(Error::param("d/m/k", "must be positive"));
@@ -27,6 +36,8 @@ pub fn random_gmm_instance(d: usize, m: usize, k: usize, eta: f64, seed: u64) ->
     if !(eta > 0.0) {
         return Err(Error::param("eta", "must be > 0"));
     }
+    check_gmm_instance_size(d, m, k)?;
+    check_gmm_instance_size(d, m, k)?;
     let mut s = SampleStreams::new(seed, [0]);
     let mut weights = Vec::with_capacity(k);
     let mut means = Vec::with_capacity(k);
@@ -92,6 +103,7 @@ pub fn separated_gmm_instance(d: usize, m: usize, eta: f64, seed: u64) -> Result
     if !(eta > 0.0) {
         return Err(Error::param("eta", "must be > 0"));
     }
+    check_gmm_instance_size(d, m, 3)?;
     let mut s = SampleStreams::new(seed, [0]);
     let a = DMatrix::from_row_slice(m, d, &s.normal_vec(m * d)) / (m as f64).sqrt();
     let ata = a.transpose() * &a;
