@@ -146,6 +146,9 @@ pub fn sample(
     }
     write_run(&staging, &out.samples, out.weighted.as_ref(), &summary)?;
     staging.commit()?;
+    for w in &summary.health_warnings {
+        eprintln!("warning: {w}");
+    }
     if !quiet {
         if let Some(m) = &image_metrics {
             eprintln!(

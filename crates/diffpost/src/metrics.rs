@@ -671,6 +671,12 @@ pub fn exact_reference(
     use crate::prior::{Denoiser, ExactSample};
     use crate::rng::SampleStreams;
     let d = posterior.dim();
+    // The reference sample, its copies, and the floors' two exact sets of `n`.
+    crate::limits::check_alloc(
+        "--reference",
+        (n_ref as u128 + 2 * n as u128)
+            .saturating_mul((4 * 8 * d + SampleStreams::BYTES_PER_STREAM) as u128),
+    )?;
     let refs: Vec<f64> = posterior
         .sample_exact(&mut SampleStreams::new(0x7265_6600, 0..n_ref as u64))?
         .flatten_all()?

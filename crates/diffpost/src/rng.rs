@@ -19,6 +19,10 @@ pub struct SampleStreams {
 }
 
 impl SampleStreams {
+    /// Memory of one stream (a ChaCha8 generator and its index), for limits before allocation.
+    pub const BYTES_PER_STREAM: usize =
+        std::mem::size_of::<ChaCha8Rng>() + std::mem::size_of::<u64>();
+
     /// Streams for samples `indices` of a run with `seed`.
     pub fn new(seed: u64, indices: impl IntoIterator<Item = u64>) -> Self {
         let indices: Vec<u64> = indices.into_iter().collect();

@@ -221,6 +221,7 @@ fn shards_reassemble_the_unsharded_run() {
         fingerprint: fp.into(),
         wall_s: 1.0,
         warnings: vec![],
+        health_warnings: vec![],
         extra: Default::default(),
     };
     let parts: Vec<_> = (0..3)

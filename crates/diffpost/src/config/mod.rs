@@ -497,6 +497,9 @@ impl LoadedProblem {
             fingerprint: self.fingerprint(),
             wall_s,
             warnings: c.warnings.clone(),
+            health_warnings: out
+                .diagnostics
+                .warnings(&out.info, out.layout.population_size),
             extra: Default::default(),
         }
     }

@@ -179,6 +179,7 @@ impl PriorSpec {
                 if p.d == 0 {
                     return Err(Error::param("prior.d", "d must be >= 1"));
                 }
+                crate::limits::check_alloc("prior.d", (p.d as u128).saturating_mul(8 * 8))?;
                 if !(p.var > 0.0) || !p.var.is_finite() {
                     return Err(Error::param(
                         "prior.var",

@@ -252,6 +252,11 @@ impl Denoiser for EdmDenoiser {
         (self.sigma_min, self.sigma_max)
     }
 
+    /// Images in `[-1, 1]`.
+    fn scale(&self) -> f64 {
+        1.0
+    }
+
     fn sigma_max_hint(&self) -> f64 {
         self.sigma_max
     }

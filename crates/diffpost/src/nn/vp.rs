@@ -373,6 +373,11 @@ impl Denoiser for VpDenoiser {
         self.schedule.sigma_range()
     }
 
+    /// Images in `[-1, 1]`.
+    fn scale(&self) -> f64 {
+        1.0
+    }
+
     fn sigma_max_hint(&self) -> f64 {
         self.schedule.sigma_range().1
     }

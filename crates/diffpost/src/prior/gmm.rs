@@ -919,6 +919,16 @@ impl Denoiser for GaussianMixture {
         (min, f64::INFINITY)
     }
 
+    /// `sqrt(sum_k w_k (|mu_k|^2 + tr S_k) / d)`.
+    fn scale(&self) -> f64 {
+        let wsum: f64 = self.weights.iter().sum();
+        let ms: f64 = (0..self.k())
+            .map(|i| self.weights[i] * (self.means[i].norm_squared() + self.eigvals(i).sum()))
+            .sum::<f64>()
+            / wsum.max(f64::MIN_POSITIVE);
+        (ms / self.d.max(1) as f64).sqrt()
+    }
+
     fn sigma_max_hint(&self) -> f64 {
         let spread = self.max_eigenvalue().sqrt();
         let offset = self.means.iter().map(|m| m.norm()).fold(0.0, f64::max);

@@ -60,6 +60,13 @@ pub trait Denoiser: Send + Sync {
         None
     }
 
+    /// The prior's scale per coordinate, `sqrt(E|x|^2 / d)`, used by the divergence check
+    /// (`sampler::health`). Default `sigma_max_hint / 50`; mixtures give it exactly, image
+    /// networks 1 (data in `[-1, 1]`).
+    fn scale(&self) -> f64 {
+        self.sigma_max_hint() / 50.0
+    }
+
     /// Start of reverse diffusion at level `sigma_max` given standard normal `z`: `sigma_max z` for a
     /// prior centred near 0 (the VE convention). Tilted priors override this (docs/algorithms.md, "Algorithm 2 (local)").
     fn diffusion_start(&self, z: &Tensor, sigma_max: f64) -> Result<Tensor> {

@@ -319,6 +319,9 @@ impl Denoiser for Perturbed {
     fn device(&self) -> candle_core::Device {
         self.inner.device()
     }
+    fn scale(&self) -> f64 {
+        self.inner.scale()
+    }
     fn sigma_max_hint(&self) -> f64 {
         self.inner.sigma_max_hint()
     }

@@ -79,6 +79,19 @@ impl Denoiser for GaussianTilted<'_> {
         self.inner.device()
     }
     /// `p_x0` is no wider than `N(x0, sigma^2 I)`.
+    /// `p_x0` lies between the prior and `x0`: `sqrt(s_prior^2 + max_b |x0_b|^2 / d)`.
+    fn scale(&self) -> f64 {
+        let x0_ms = self
+            .x0
+            .sqr()
+            .and_then(|t| t.mean(1))
+            .and_then(|t| t.max(0))
+            .and_then(|t| t.to_dtype(candle_core::DType::F64))
+            .and_then(|t| t.to_scalar::<f64>())
+            .unwrap_or(0.0);
+        let s = self.inner.scale();
+        (s * s + x0_ms).sqrt()
+    }
     fn sigma_max_hint(&self) -> f64 {
         self.inner.sigma_max_hint().min(50.0 * self.sigma)
     }

@@ -44,8 +44,8 @@ use crate::rng::SampleStreams;
 use crate::sampler::settings::WarmStart;
 use crate::sampler::spec::SamplerSpec;
 use crate::sampler::{
-    ald, annealed, cs, daps, diffusion, dps, exact, local, mala, smc, ula, Info, Monitor, Output,
-    Problem, Silent, Weighted,
+    ald, annealed, cs, daps, diffusion, dps, exact, health, local, mala, smc, ula, Info, Monitor,
+    Output, Problem, Silent, Weighted,
 };
 use crate::{Error, Result};
 
@@ -282,6 +282,13 @@ impl<'a> RunContext<'a> {
             .unwrap_or_else(|| shard_n.div_ceil(2 * threads).clamp(16, 1000));
         // Whole populations per batch; populations of many particles (SMC) one per batch.
         let batch = if p > 1 { p } else { batch };
+        // Per-sample random streams, the samples and their copies (batches, concatenation).
+        crate::limits::check_alloc(
+            "run.n",
+            (shard_n as u128).saturating_mul(
+                SampleStreams::BYTES_PER_STREAM as u128 + 4 * 8 * self.problem.prior.dim() as u128,
+            ),
+        )?;
         let started = Once::new();
         let streams = SampleStreams::new(plan.seed, layout.sample_range[0]..layout.sample_range[1]);
         let outs: Vec<Result<(usize, Output)>> = streams
@@ -312,6 +319,14 @@ impl<'a> RunContext<'a> {
             })
         };
         let samples = cat(&|o| Some(o.samples.clone()))?.expect("at least one batch");
+        if !matches!(self.spec, SamplerSpec::Prior(_)) {
+            let r = self.problem.normalized_residuals(&samples)?;
+            diagnostics.residual = Some(SampleMean {
+                mean: r.iter().sum::<f64>() / r.len().max(1) as f64,
+                samples: r.len() as u64,
+                sum: r.iter().sum(),
+            });
+        }
         let weighted = match (
             cat(&|o| o.weighted.as_ref().map(|w| w.particles.clone()))?,
             cat(&|o| o.weighted.as_ref().map(|w| w.weights.clone()))?,
@@ -475,6 +490,10 @@ pub struct Diagnostics {
     /// SMC: the `log p(y)` estimate of every population, in population order (nats).
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub log_evidence_populations: Vec<f64>,
+    /// Posterior samplers: the data residual `|y - A x| / (eta sqrt m)` of the output samples
+    /// (about 1 for posterior samples), a mean over samples.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub residual: Option<SampleMean>,
 }
 
 impl Diagnostics {
@@ -512,6 +531,7 @@ impl Diagnostics {
                 .flatten()
                 .map(|t| t.log_evidence)
                 .collect(),
+            residual: None,
         };
         self.merge(&batch);
     }
@@ -538,7 +558,43 @@ impl Diagnostics {
         }
         self.log_evidence_populations
             .extend_from_slice(&o.log_evidence_populations);
+        if let Some(r) = &o.residual {
+            self.residual.get_or_insert_with(Default::default).merge(r);
+        }
         self.samples += o.samples;
+    }
+
+    /// Milder signs of trouble for `summary.json` (docs/algorithms.md, "Divergence and
+    /// health"): the final data residual far from 1, MALA acceptance near 0 or 1, and an SMC
+    /// population whose ESS fell below a tenth of its `particles` at some stage.
+    pub fn warnings(&self, info: &Info, particles: usize) -> Vec<String> {
+        let mut w = health::warnings(
+            self.residual.map(|r| r.mean),
+            self.acceptance.map(|a| a.mean),
+        );
+        let p = particles.max(1) as f64;
+        let collapsed = info
+            .smc
+            .iter()
+            .flatten()
+            .filter_map(|t| {
+                t.ess_before
+                    .iter()
+                    .enumerate()
+                    .find(|(_, e)| **e < 0.1 * p)
+                    .map(|(s, e)| (s + 1, *e))
+            })
+            .collect::<Vec<_>>();
+        if let Some((stage, e)) = collapsed.first() {
+            w.push(format!(
+                "SMC: the effective sample size fell to {e:.1} of {particles} particles at stage \
+                 {stage} ({} of {} populations): the weights rest on few particles; use the \
+                 adaptive schedule, more particles or a larger ess_target",
+                collapsed.len(),
+                info.smc.as_ref().map_or(0, |t| t.len())
+            ));
+        }
+        w
     }
 }
 

@@ -43,6 +43,11 @@ pub struct RunSummary {
     /// Non-fatal notes (deprecated key names, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Milder signs of trouble in the run (docs/algorithms.md, "Divergence and health"): data
+    /// residual far from 1, MALA acceptance near 0 or 1, SMC ESS collapse. A divergence is an
+    /// error, never a warning.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_warnings: Vec<String>,
     /// Anything else the writer adds (image metrics, score-error norms, ...).
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -128,6 +133,7 @@ pub fn merge(parts: Vec<(RunSummary, Tensor, String)>) -> Result<(RunSummary, Te
     merged.info.acceptance = diagnostics.acceptance.map(|a| a.mean);
     merged.score_evals_per_sample = diagnostics.score_evals_per_sample.max;
     merged.log_evidence = diagnostics.log_evidence();
+    merged.health_warnings = diagnostics.warnings(&merged.info, merged.run.population_size);
     merged.diagnostics = diagnostics;
     merged.wall_s = wall;
     merged.run.shard = Shard::WHOLE;

@@ -7,7 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_finite, prior_lipschitz, Counted, Info, Monitor, Output, Problem};
+use super::health::CHECK_EVERY;
+use super::{prior_lipschitz, Counted, Info, Monitor, Output, Problem};
 use crate::prior::Denoiser;
 use crate::rng::SampleStreams;
 use crate::schedule::sigma_geometric;
@@ -97,9 +98,11 @@ pub fn sample(
                 (prior.score(&x, s)? + problem.likelihood_grad(&x, &problem.y, ew.sqrt())?)?;
             let z = streams.randn(&shape, x.device())?;
             x = ((&x + (drift * h)?)? + (z * (2.0 * h).sqrt())?)?;
+            if k % CHECK_EVERY == CHECK_EVERY - 1 || k + 1 == cfg.steps_per_stage {
+                problem.check(&x, s, "ald", i + 1, k + 1)?;
+            }
             mon.on_step((i * cfg.steps_per_stage + k + 1) as u64, total);
         }
-        check_finite(&x, "ald", i + 1, cfg.steps_per_stage)?;
     }
     Ok(Output {
         weighted: None,

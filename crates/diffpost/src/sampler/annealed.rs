@@ -201,7 +201,7 @@ pub(crate) fn sample_with(
     }
     if cfg.final_denoise && s_sigma > 0.0 {
         x = counted.denoise(&x, s_sigma)?;
-        super::check_finite(&x, name, n, 0)?;
+        problem.check(&x, 0.0, name, n, 0)?;
     }
     Ok(Output {
         weighted: None,

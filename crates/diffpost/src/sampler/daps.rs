@@ -6,7 +6,8 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{check_finite, Counted, Info, Monitor, Output, Problem};
+use super::health::CHECK_EVERY;
+use super::{Counted, Info, Monitor, Output, Problem};
 use crate::prior::Denoiser;
 use crate::rng::SampleStreams;
 use crate::schedule::{append_zero, sigma_karras};
@@ -70,10 +71,15 @@ fn ode_x0(
 impl DapsConfig {
     /// Range checks that need no problem.
     pub fn validate(&self) -> Result<()> {
-        if self.stages < 2 || self.ode_steps < 1 || !(self.h_rel > 0.0) || !self.h_rel.is_finite() {
+        if self.stages < 2
+            || self.ode_steps < 1
+            || self.steps_per_stage < 1
+            || !(self.h_rel > 0.0)
+            || !self.h_rel.is_finite()
+        {
             return Err(Error::param(
                 "sampler",
-                "DAPS needs stages >= 2, ode_steps >= 1, h_rel > 0",
+                "DAPS needs stages >= 2, steps_per_stage >= 1, ode_steps >= 1, h_rel > 0",
             ));
         }
         if !(self.rho > 0.0) {
@@ -90,12 +96,7 @@ pub fn sample(
     streams: &mut SampleStreams,
     mon: &dyn Monitor,
 ) -> Result<Output> {
-    if cfg.stages < 2 || cfg.ode_steps < 1 || !(cfg.h_rel > 0.0) {
-        return Err(Error::param(
-            "sampler",
-            "DAPS needs stages >= 2, ode_steps >= 1, h_rel > 0",
-        ));
-    }
+    cfg.validate()?;
     let prior = Counted::new(problem.prior);
     let (smax, smin) = problem.sigma_levels(cfg.sigma_max, cfg.sigma_min);
     let sig = sigma_karras(smax, smin, cfg.stages, cfg.rho)?;
@@ -111,13 +112,15 @@ pub fn sample(
         let r2 = s * s;
         let h = cfg.h_rel / (1.0 / r2 + a * a / e2);
         x0 = x0_hat.clone();
-        for _ in 0..cfg.steps_per_stage {
+        for k in 0..cfg.steps_per_stage {
             let g = (((&x0_hat - &x0)? / r2)?
                 + problem.likelihood_grad(&x0, &problem.y, problem.eta)?)?;
             let z = streams.randn(&shape, x.device())?;
             x0 = ((&x0 + (g * h)?)? + (z * (2.0 * h).sqrt())?)?;
+            if k % CHECK_EVERY == CHECK_EVERY - 1 || k + 1 == cfg.steps_per_stage {
+                problem.check(&x0, s, "daps", i + 1, k + 1)?;
+            }
         }
-        check_finite(&x0, "daps", i + 1, cfg.steps_per_stage)?;
         if i + 1 < sig.len() {
             let z = streams.randn(&shape, x.device())?;
             x = (&x0 + (z * sig[i + 1])?)?;

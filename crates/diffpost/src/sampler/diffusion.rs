@@ -11,7 +11,7 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{check_finite, Counted, Info, Monitor, Output};
+use super::{health, Counted, Info, Monitor, Output};
 use crate::prior::Denoiser;
 use crate::rng::SampleStreams;
 use crate::schedule::sigma_karras;
@@ -147,6 +147,8 @@ pub(crate) fn run(
     let mut x = prior.diffusion_start(&z, sig[0])?;
     let n = sig.len();
     let total = cfg.evals();
+    let scale = health::prior_scale(prior);
+    let check = |x: &Tensor, sigma: f64, i: usize| health::check_scale(x, scale, sigma, name, 0, i);
     match cfg.method {
         Method::Sde => {
             for i in 0..n - 1 {
@@ -154,8 +156,8 @@ pub(crate) fn run(
                 let s = prior.score(&x, sig[i])?;
                 let z = streams.randn(&shape, x.device())?;
                 x = ((x + (s * dv)?)? + (z * dv.sqrt())?)?;
-                if i % 50 == 0 {
-                    check_finite(&x, name, 0, i)?;
+                if i % health::CHECK_EVERY == health::CHECK_EVERY - 1 {
+                    check(&x, sig[i + 1], i + 1)?;
                 }
                 mon.on_step(i as u64 + 1, total);
             }
@@ -173,13 +175,13 @@ pub(crate) fn run(
                 } else {
                     x = x_euler;
                 }
-                if i % 50 == 0 {
-                    check_finite(&x, name, 0, i)?;
+                if i % health::CHECK_EVERY == health::CHECK_EVERY - 1 {
+                    check(&x, s_next, i + 1)?;
                 }
                 mon.on_step((2 * i + 1) as u64, total);
             }
         }
     }
-    check_finite(&x, name, 0, n)?;
+    check(&x, 0.0, n)?;
     Ok(x)
 }

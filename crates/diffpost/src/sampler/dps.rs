@@ -9,7 +9,8 @@
 use candle_core::{Var, D};
 use serde::{Deserialize, Serialize};
 
-use super::{check_finite, Counted, Info, Monitor, Output, Problem};
+use super::health::CHECK_EVERY;
+use super::{Counted, Info, Monitor, Output, Problem};
 use crate::prior::Denoiser;
 use crate::rng::SampleStreams;
 use crate::{Error, Result};
@@ -164,8 +165,9 @@ pub fn sample(
             xn = (xn + (z * var.sqrt())?)?;
         }
         x = (xn - (g * cfg.zeta)?)?;
-        if i % 50 == 49 || i + 1 == n {
-            check_finite(&x, "dps", 1, i)?;
+        // x is the VP state sqrt(abar) (x0 + sigma z): within sqrt(scale^2 + 1).
+        if i % CHECK_EVERY == CHECK_EVERY - 1 || i + 1 == n {
+            problem.check(&x, 1.0, "dps", 1, i + 1)?;
         }
         mon.on_step(2 * (i as u64 + 1), 2 * n as u64);
     }

@@ -6,8 +6,9 @@
 use candle_core::{Tensor, D};
 use serde::Serialize;
 
+use super::health::CHECK_EVERY;
 use super::ula::{initialise, Init};
-use super::{check_finite, prior_lipschitz, Counted, Info, Monitor, Output, Problem, StepRule};
+use super::{prior_lipschitz, Counted, Info, Monitor, Output, Problem, StepRule};
 use crate::prior::{ExactSample, LogDensity};
 use crate::rng::SampleStreams;
 use crate::Result;
@@ -104,8 +105,8 @@ pub(crate) fn steps(
         x = acc2.where_cond(&xp, &x)?;
         g = acc2.where_cond(&gp, &g)?;
         lp = acc.where_cond(&lpp, &lp)?;
-        if k % 50 == 49 {
-            check_finite(&x, name, stage, k)?;
+        if k % CHECK_EVERY == CHECK_EVERY - 1 || k + 1 == steps {
+            problem.check(&x, 0.0, name, stage, k + 1)?;
         }
         on_step(k);
     }

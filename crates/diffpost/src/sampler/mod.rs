@@ -12,6 +12,7 @@ pub mod daps;
 pub mod diffusion;
 pub mod dps;
 pub mod exact;
+pub mod health;
 pub mod local;
 pub mod mala;
 pub mod settings;
@@ -39,6 +40,8 @@ pub struct Problem<'a> {
     pub eta: f64,
     /// `||A||`, computed once (power iteration) on first use and shared by every batch.
     a_norm: OnceLock<f64>,
+    /// The problem's scale per coordinate ([`health`]), computed on first use.
+    scale: OnceLock<f64>,
 }
 
 impl<'a> Problem<'a> {
@@ -88,6 +91,7 @@ impl<'a> Problem<'a> {
             y,
             eta,
             a_norm: OnceLock::new(),
+            scale: OnceLock::new(),
         })
     }
 
@@ -109,7 +113,40 @@ impl<'a> Problem<'a> {
             y: self.y.clone(),
             eta: self.eta,
             a_norm,
+            scale: OnceLock::new(),
         }
+    }
+
+    /// The scale the problem sets per coordinate (docs/algorithms.md, "Divergence and health"):
+    /// `sqrt(s_prior^2 + (|y| / (||A|| sqrt d))^2)`.
+    pub fn scale(&self) -> Result<f64> {
+        if let Some(s) = self.scale.get() {
+            return Ok(*s);
+        }
+        let a = self.a_norm()?;
+        let y_norm = self.y.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
+        let d = self.prior.dim().max(1) as f64;
+        let data = if a > 0.0 {
+            y_norm / (a * d.sqrt())
+        } else {
+            0.0
+        };
+        let p = self.prior.scale();
+        let s = (p * p + data * data).sqrt();
+        Ok(*self.scale.get_or_init(|| s))
+    }
+
+    /// The divergence check ([`health::check_scale`]) against this problem's scale, for chains at
+    /// diffusion level `sigma` (0 for posterior chains).
+    pub(crate) fn check(
+        &self,
+        x: &Tensor,
+        sigma: f64,
+        sampler: &str,
+        stage: usize,
+        step: usize,
+    ) -> Result<()> {
+        health::check_scale(x, self.scale()?, sigma, sampler, stage, step)
     }
 
     /// `||A||` (spectral norm, [`operator_norm`]), computed on first use.
@@ -258,34 +295,15 @@ impl Denoiser for Counted<'_> {
     fn sigma_max_hint(&self) -> f64 {
         self.inner.sigma_max_hint()
     }
+    fn scale(&self) -> f64 {
+        self.inner.scale()
+    }
     fn lipschitz(&self) -> Option<f64> {
         self.inner.lipschitz()
     }
     fn diffusion_start(&self, z: &Tensor, sigma_max: f64) -> Result<Tensor> {
         self.inner.diffusion_start(z, sigma_max)
     }
-}
-
-/// Divergence check: every entry finite and below `1e150` in magnitude.
-pub(crate) fn check_finite(x: &Tensor, sampler: &str, stage: usize, step: usize) -> Result<()> {
-    let m = x
-        .abs()?
-        .max_all()?
-        .to_dtype(candle_core::DType::F64)?
-        .to_scalar::<f64>()?;
-    if !m.is_finite() || m > 1e150 {
-        return Err(Error::Diverged {
-            sampler: sampler.into(),
-            stage,
-            step,
-            reason: if m.is_finite() {
-                format!("blow-up (max |x| = {m:.3e})")
-            } else {
-                "NaN or infinity".into()
-            },
-        });
-    }
-    Ok(())
 }
 
 /// Lipschitz constant of the prior score used in step rules: the prior's own when known,

@@ -26,10 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::diffusion::Method;
 use super::settings::{step_rule, InitKeys, InitKind};
 use super::ula::{initialise, Init};
-use super::{
-    check_finite, prior_lipschitz_at, score_level, Counted, Info, Monitor, Output, Problem,
-    Weighted,
-};
+use super::{prior_lipschitz_at, score_level, Counted, Info, Monitor, Output, Problem, Weighted};
 use crate::prior::{Denoiser, ExactSample, LogDensity};
 use crate::rng::SampleStreams;
 use crate::schedule::eta_geometric;
@@ -594,7 +591,7 @@ fn population(
                     ("smc", stage),
                     |_| {},
                 )?;
-                check_finite(&x, "smc", stage, moves)?;
+                problem.check(&x, s_sigma, "smc", stage, moves)?;
                 (x, Some(a))
             }
         };
@@ -616,7 +613,7 @@ fn population(
     let out = x;
     let out = if cfg.final_denoise && s_sigma > 0.0 {
         let o = counted.denoise(&out, s_sigma)?;
-        check_finite(&o, "smc", stage, 0)?;
+        problem.check(&o, 0.0, "smc", stage, 0)?;
         o
     } else {
         out

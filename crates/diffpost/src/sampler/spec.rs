@@ -141,6 +141,7 @@ impl SamplerSpec {
             ));
         }
         map.insert("kind".into(), serde_json::Value::String(kind.clone()));
+        check_counts(&map)?;
         let spec = SamplerSpec::deserialize(serde_json::Value::Object(map)).map_err(|e| {
             Error::param(
                 "sampler",
@@ -195,4 +196,67 @@ impl SamplerSpec {
             _ => 1,
         }
     }
+}
+
+/// Largest value of any count setting (stages, steps, moves, particles): far above any useful
+/// value, and small enough that no schedule or buffer of that length is a problem.
+pub const MAX_COUNT: u64 = 10_000_000;
+
+/// Largest number of Langevin steps per sample (`stages x steps_per_stage`, `stages x
+/// moves_per_stage`): 1e8 network passes per sample is years of compute.
+pub const MAX_STEPS: u64 = 100_000_000;
+
+/// Count settings are checked before anything is built from them: each at most [`MAX_COUNT`],
+/// stages times steps at most [`MAX_STEPS`] (a clear error instead of a run that never ends or
+/// a schedule that cannot be allocated).
+fn check_counts(map: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
+    const COUNTS: [&str; 13] = [
+        "stages",
+        "steps",
+        "steps_per_stage",
+        "init_steps",
+        "moves_per_stage",
+        "final_moves",
+        "particles",
+        "ode_steps",
+        "max_stages",
+        "levels",
+        "steps_per_level",
+        "annealing_steps",
+        "langevin_steps",
+    ];
+    let get = |k: &str| map.get(k).and_then(|v| v.as_u64());
+    for k in COUNTS {
+        if let Some(v) = get(k) {
+            if v > MAX_COUNT {
+                return Err(Error::param(
+                    format!("sampler.{k}"),
+                    format!("{v} is more than the limit of {MAX_COUNT}"),
+                ));
+            }
+        }
+    }
+    let stages = get("stages")
+        .or(get("levels"))
+        .or(get("annealing_steps"))
+        .unwrap_or(1);
+    for k in [
+        "steps_per_stage",
+        "steps_per_level",
+        "langevin_steps",
+        "moves_per_stage",
+    ] {
+        if let Some(v) = get(k) {
+            if stages.saturating_mul(v) > MAX_STEPS {
+                return Err(Error::param(
+                    format!("sampler.{k}"),
+                    format!(
+                        "stages x {k} = {} steps per sample is more than the limit of {MAX_STEPS}",
+                        stages.saturating_mul(v)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }

@@ -7,7 +7,8 @@ use candle_core::Tensor;
 use serde::Serialize;
 
 use super::diffusion::DiffusionConfig;
-use super::{check_finite, prior_lipschitz_at, Counted, Info, Monitor, Output, Problem, StepRule};
+use super::health::CHECK_EVERY;
+use super::{prior_lipschitz_at, Counted, Info, Monitor, Output, Problem, StepRule};
 use crate::prior::{Denoiser, ExactSample};
 use crate::rng::SampleStreams;
 use crate::{Error, Result};
@@ -108,8 +109,8 @@ pub(crate) fn langevin(
             (prior.score(&x, score_sigma)? + problem.likelihood_grad(&x, y_target, eta)?)?;
         let z = streams.randn(&shape, x.device())?;
         x = ((x + (drift * h)?)? + (z * noise)?)?;
-        if k % 50 == 49 || k + 1 == steps {
-            check_finite(&x, name, stage, k)?;
+        if k % CHECK_EVERY == CHECK_EVERY - 1 || k + 1 == steps {
+            problem.check(&x, score_sigma, name, stage, k + 1)?;
         }
         on_step(k);
     }

@@ -81,6 +81,18 @@ impl Blur {
                 format!("must be positive and finite, got {std}"),
             ));
         }
+        check_image_shape(shape)?;
+        // Beyond a few image sizes the kernel only wraps onto itself; refuse before allocating.
+        let most = 4 * shape[1].max(shape[2]) + 1;
+        if kernel_size > most {
+            return Err(Error::param(
+                "kernel_size",
+                format!(
+                    "{kernel_size} is larger than 4 x the image size + 1 = {most} (a circular \
+                     blur kernel wraps onto itself beyond the image)"
+                ),
+            ));
+        }
         let r = (kernel_size / 2) as f64;
         let mut k: Vec<f64> = (0..kernel_size * kernel_size)
             .map(|t| {
