@@ -227,11 +227,10 @@ pub fn train_into(
     let mut avg = log.avg.unwrap_or(f64::NAN);
     while trainer.step_count() < steps {
         // Train up to the next checkpoint boundary, then commit the folder.
-        let target = if every == 0 {
-            steps
-        } else {
-            ((trainer.step_count() / every) + 1) * every
-        };
+        let target = trainer
+            .step_count()
+            .checked_div(every)
+            .map_or(steps, |k| (k + 1) * every);
         while trainer.step_count() < target.min(steps) {
             let loss = trainer.step()?;
             avg = if avg.is_nan() {
