@@ -92,7 +92,7 @@ pub fn run(o: &Opts) -> Result<()> {
     let model_dir = shipped(&o.model);
     if !model_dir.join("config.json").exists() {
         bail!(
-            "{}: no trained model (config.json + weights.safetensors). Train one with: diffpost train --data ../shared/data/mnist_train.npy --config models/mnist.toml --out models/mnist",
+            "{}: no trained model (config.json + weights.safetensors). Train one with: diffpost train --data ../shared/data/mnist_train.npy --config models/mnist.toml --out runs/mnist, then pass --model runs/mnist",
             model_dir.display()
         );
     }

@@ -105,7 +105,10 @@ enum Cmd {
         dps_steps: usize,
     },
     /// Train a UNet diffusion prior on images (.npy [N,H,W] or [N,C,H,W], u8 or float) by
-    /// denoising score matching; resumes from OUT's checkpoint when one exists.
+    /// denoising score matching; resumes from OUT's checkpoint when one exists. A model in OUT
+    /// without a checkpoint (e.g. a shipped one) is never replaced silently: pass
+    /// --resume-from-model or --force. Each checkpoint commits OUT as one (config, weights,
+    /// optimizer state, loss log); a lock beside OUT refuses a second concurrent run.
     Train {
         #[arg(long)]
         data: PathBuf,
@@ -114,7 +117,15 @@ enum Cmd {
         config: Option<PathBuf>,
         #[arg(long)]
         out: PathBuf,
-        /// Ignore an existing checkpoint in OUT and start over.
+        /// OUT holds a model but no checkpoint: continue training from its weights with a fresh
+        /// optimizer state (the architecture must match; the step count continues).
+        #[arg(long, conflicts_with_all = ["force", "fresh"])]
+        resume_from_model: bool,
+        /// Start over from step 0, replacing OUT's model, checkpoint and loss log.
+        #[arg(long)]
+        force: bool,
+        /// Ignore OUT's checkpoint and start over; when OUT holds a model this replaces it, so
+        /// it needs --force (which alone does the same).
         #[arg(long)]
         fresh: bool,
         #[arg(long)]
@@ -337,9 +348,19 @@ fn main() {
             data,
             config,
             out,
+            resume_from_model,
+            force,
             fresh,
             quiet,
-        } => train_cmd::train(&data, config.as_deref(), &out, fresh, quiet),
+        } => train_cmd::train(&train_cmd::Opts {
+            data: &data,
+            config: config.as_deref(),
+            out: &out,
+            fresh,
+            force,
+            resume_from_model,
+            quiet,
+        }),
         Cmd::Demo {
             n, images: false, ..
         } => commands::demo(n.unwrap_or(1000)),

@@ -274,8 +274,23 @@ impl Staging {
     }
 
     /// Flushes the staging folder to disk and swaps it into place of `out`; the previous `out` is
-    /// removed only after the swap.
+    /// removed only after the swap. Releases the lock.
     pub fn commit(mut self) -> Result<()> {
+        self.swap()?;
+        self.committed = true;
+        Ok(())
+    }
+
+    /// Like [`Staging::commit`], for writers that commit again and again (training checkpoints):
+    /// swaps the staging folder into place, keeps the lock and opens a new, empty staging folder
+    /// for the next commit. A kill at any moment leaves `out` as of the last completed commit.
+    pub fn commit_and_continue(&mut self) -> Result<()> {
+        self.swap()?;
+        std::fs::create_dir(&self.tmp)
+            .map_err(|e| ferr(&self.tmp, format!("cannot create folder: {e}")))
+    }
+
+    fn swap(&mut self) -> Result<()> {
         sync_tree(&self.tmp)?;
         let exists = std::fs::symlink_metadata(&self.out).is_ok();
         if !exists {
@@ -306,7 +321,6 @@ impl Staging {
         if let Some(parent) = self.out.parent() {
             sync_dir(parent);
         }
-        self.committed = true;
         Ok(())
     }
 }
@@ -439,6 +453,27 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("--force"), "{e}");
+    }
+
+    #[test]
+    fn repeated_commits_keep_the_lock() {
+        let d = tmpdir("again");
+        let out = d.join("out");
+        let mut s = Staging::begin(&out, RUN).unwrap();
+        for k in 0..3 {
+            s.write_bytes("a.txt", format!("{k}").as_bytes()).unwrap();
+            s.commit_and_continue().unwrap();
+            assert_eq!(
+                std::fs::read(out.join("a.txt")).unwrap(),
+                format!("{k}").as_bytes()
+            );
+            let e = Staging::begin(&out, RUN).unwrap_err().to_string();
+            assert!(e.contains("another diffpost process"), "{e}");
+            assert_eq!(std::fs::read_dir(s.path()).unwrap().count(), 0);
+        }
+        drop(s);
+        let left: Vec<_> = std::fs::read_dir(&d).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1, "only `out` remains: {left:?}");
     }
 
     #[test]

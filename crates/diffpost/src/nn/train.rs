@@ -117,6 +117,9 @@ pub struct Trainer {
     adam_m: Vec<Tensor>,
     adam_v: Vec<Tensor>,
     step: u64,
+    /// The step at which the Adam state started from zero (0, or the step of a model resumed
+    /// without its optimizer state): bias correction and learning-rate warm-up count from it.
+    adam_start: u64,
     data: Tensor,
 }
 
@@ -164,6 +167,7 @@ impl Trainer {
             adam_m,
             adam_v,
             step: 0,
+            adam_start: 0,
             data,
         })
     }
@@ -274,14 +278,16 @@ impl Trainer {
         }
         let grads = loss.backward()?;
         let t = self.step + 1;
+        // Steps of the current Adam state (equals `t` unless resumed from bare weights).
+        let ta = t - self.adam_start;
         let c = &self.cfg;
         let lr = if c.warmup_steps > 0 {
-            c.lr * (t as f64 / c.warmup_steps as f64).min(1.0)
+            c.lr * (ta as f64 / c.warmup_steps as f64).min(1.0)
         } else {
             c.lr
         };
-        let bc1 = 1.0 - c.beta1.powf(t as f64);
-        let bc2 = 1.0 - c.beta2.powf(t as f64);
+        let bc1 = 1.0 - c.beta1.powf(ta as f64);
+        let bc2 = 1.0 - c.beta2.powf(ta as f64);
         let ema_decay = c.ema_decay.min((1.0 + t as f64) / (10.0 + t as f64));
         let mut gs = Vec::with_capacity(self.params.len());
         for (name, var) in &self.params {
@@ -379,8 +385,8 @@ impl Trainer {
     }
 
     /// Writes `dir/checkpoint.safetensors` atomically: weights (`model.*`), EMA (`ema.*`), Adam
-    /// moments (`adam_m.*`, `adam_v.*`) and `trainer.step`, `trainer.seed`, `trainer.batch_size`
-    /// (i64 scalars in `[1]` tensors; the seed's bits).
+    /// moments (`adam_m.*`, `adam_v.*`) and `trainer.step`, `trainer.seed`, `trainer.batch_size`,
+    /// `trainer.adam_start` (i64 scalars in `[1]` tensors; the seed's bits).
     pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
         let mut map: HashMap<String, Tensor> = HashMap::new();
         for (i, (name, var)) in self.params.iter().enumerate() {
@@ -396,6 +402,7 @@ impl Trainer {
             "trainer.batch_size".into(),
             scalar(self.cfg.batch_size as i64)?,
         );
+        map.insert("trainer.adam_start".into(), scalar(self.adam_start as i64)?);
         std::fs::create_dir_all(dir)?;
         crate::io::atomic_write(&dir.join(CHECKPOINT_FILE), |tmp| {
             Ok(candle_core::safetensors::save(&map, tmp)?)
@@ -454,6 +461,17 @@ impl Trainer {
         if step < 0 {
             return Err(ferr("negative `trainer.step`".into()));
         }
+        // Absent in checkpoints written before it existed: the Adam state started at step 0.
+        let adam_start = if map.contains_key("trainer.adam_start") {
+            scalar("trainer.adam_start")?
+        } else {
+            0
+        };
+        if !(0..=step).contains(&adam_start) {
+            return Err(ferr(format!(
+                "`trainer.adam_start` = {adam_start} is not in [0, trainer.step = {step}]"
+            )));
+        }
         // Read everything before modifying anything, so a bad file leaves the trainer intact.
         let mut loaded = Vec::with_capacity(self.params.len());
         for (name, var) in &self.params {
@@ -473,6 +491,52 @@ impl Trainer {
             self.adam_v[i] = v.contiguous()?.copy()?;
         }
         self.step = step as u64;
+        self.adam_start = adam_start as u64;
+        Ok(())
+    }
+
+    /// Continues from bare weights (a model folder's `weights.safetensors`, as written by
+    /// [`Trainer::export`]) at step `step`: the weights and their EMA both start from the file,
+    /// the Adam state from zero (bias correction and learning-rate warm-up restart, counted from
+    /// `step`); the EMA decay and the batch stream continue from `step`. Every tensor must be
+    /// present with the architecture's shape; on error the trainer is left unchanged.
+    pub fn start_from_weights(&mut self, path: &Path, step: u64) -> Result<()> {
+        let ferr = |reason: String| Error::File {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let map = candle_core::safetensors::load(path, &self.device)
+            .map_err(|e| ferr(format!("cannot read weights: {e}")))?;
+        let mut loaded = Vec::with_capacity(self.params.len());
+        for (name, var) in &self.params {
+            let like = var.as_tensor();
+            let t = map
+                .get(name)
+                .ok_or_else(|| ferr(format!("no tensor `{name}`: not this architecture")))?;
+            if t.dims() != like.dims() {
+                return Err(ferr(format!(
+                    "`{name}` has shape {:?}, the model needs {:?}",
+                    t.dims(),
+                    like.dims()
+                )));
+            }
+            loaded.push(t.to_dtype(like.dtype())?.contiguous()?);
+        }
+        if map.len() != self.params.len() {
+            return Err(ferr(format!(
+                "{} tensors, the model has {}: not this architecture",
+                map.len(),
+                self.params.len()
+            )));
+        }
+        for (i, w) in loaded.into_iter().enumerate() {
+            self.params[i].1.set(&w)?;
+            self.ema[i] = w.copy()?;
+            self.adam_m[i] = self.adam_m[i].zeros_like()?;
+            self.adam_v[i] = self.adam_v[i].zeros_like()?;
+        }
+        self.step = step;
+        self.adam_start = step;
         Ok(())
     }
 
