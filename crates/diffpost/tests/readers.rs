@@ -35,7 +35,7 @@ fn fresh(dir: &Path, ext: &str) -> PathBuf {
 fn npy(version: u8, header: &str, data: &[u8]) -> Vec<u8> {
     let pre = if version == 1 { 10 } else { 12 };
     let mut h = header.to_string();
-    while (pre + h.len() + 1) % 64 != 0 {
+    while !(pre + h.len() + 1).is_multiple_of(64) {
         h.push(' ');
     }
     h.push('\n');
@@ -79,11 +79,11 @@ fn every_dtype_converts_with_correct_values() {
     let dir = tmpdir("dtypes");
     // (descr, element bytes little-endian, expected values); big-endian variants are derived
     // by reversing each element's bytes.
-    let le = |v: Vec<Vec<u8>>| v;
-    let cases: Vec<(&str, Vec<Vec<u8>>, Vec<f64>)> = vec![
+    type Case = (&'static str, Vec<Vec<u8>>, Vec<f64>);
+    let cases: Vec<Case> = vec![
         (
             "b1",
-            le(vec![vec![0], vec![1], vec![1], vec![0]]),
+            vec![vec![0], vec![1], vec![1], vec![0]],
             vec![0.0, 1.0, 1.0, 0.0],
         ),
         (
@@ -288,9 +288,11 @@ fn shapes_versions_and_fortran_order() {
 }
 
 // The old reader (candle's `Tensor::read_npy`) allocated `vec![0; shape.elem_count()]` from the
-// header: for 2^32 x 2^32 the product wraps to 0 in release builds (an empty buffer behind a
-// 2^64-element shape, which then panics when converted), and for 5e9 x 10 it asks for 400 GB
-// and aborts with "memory allocation failed". Both must now be plain errors.
+// header before looking at the file's length. For 2^32 x 2^32 the element count overflows: it
+// wraps to 0 in release builds (checked: `Ok` with an empty buffer behind a 2^64-element shape,
+// which later indexing panics on) and panics outright where overflow checks are on; for 5e9 x 10
+// it asks for 400 GB and aborts with "memory allocation failed". Both must now be plain errors
+// naming the file, so these assertions fail against the old reader.
 #[test]
 fn hostile_shapes_are_errors_before_any_allocation() {
     let dir = tmpdir("hostile");
@@ -890,6 +892,9 @@ fn valid_pt(pickle: &[u8]) -> Vec<u8> {
     )
 }
 
+// Candle's pickle reader, used before, panicked on the first three (checked: "removal index (is
+// 3) should be < len (is 1)", "(is 4) ...", "capacity overflow"), would overflow the stack
+// dropping the deep one, exhaust memory on the memo bomb and allocate 4 GiB for the long string.
 #[test]
 fn hostile_pickles_are_errors() {
     let dir = tmpdir("pickles");

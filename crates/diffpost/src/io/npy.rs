@@ -586,42 +586,6 @@ fn parse_header_dict(text: &[u8]) -> Result<(String, bool, Vec<usize>), String> 
     Ok((descr, fortran, shape))
 }
 
-/// The bytes of a `.npy` (format 1.0, or 2.0 when the header needs it) holding `data` (raw
-/// element bytes) with numpy type string `descr` and `shape`; for tests and tools.
-pub fn encode(descr: &str, fortran_order: bool, shape: &[usize], data: &[u8]) -> Vec<u8> {
-    let shape_s = match shape {
-        [d] => format!("({d},)"),
-        _ => format!(
-            "({})",
-            shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    };
-    let fo = if fortran_order { "True" } else { "False" };
-    let mut h = format!("{{'descr': '{descr}', 'fortran_order': {fo}, 'shape': {shape_s}, }}");
-    let v1 = h.len() + 11 < 65536;
-    let pre = if v1 { 10 } else { 12 };
-    while (pre + h.len() + 1) % 64 != 0 {
-        h.push(' ');
-    }
-    h.push('\n');
-    let mut out = Vec::with_capacity(pre + h.len() + data.len());
-    out.extend_from_slice(MAGIC);
-    if v1 {
-        out.extend_from_slice(&[1, 0]);
-        out.extend_from_slice(&(h.len() as u16).to_le_bytes());
-    } else {
-        out.extend_from_slice(&[2, 0]);
-        out.extend_from_slice(&(h.len() as u32).to_le_bytes());
-    }
-    out.extend_from_slice(h.as_bytes());
-    out.extend_from_slice(data);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

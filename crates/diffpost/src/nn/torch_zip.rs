@@ -199,7 +199,7 @@ impl<'a> Machine<'a> {
 
     /// Adds `new` items to the list or dict on top of the stack (copy on write when shared).
     fn extend_top(&mut self, new: Vec<Obj>, dict: bool) -> R<()> {
-        if dict && new.len() % 2 != 0 {
+        if dict && !new.len().is_multiple_of(2) {
             return Err("pickle: SETITEMS with an odd number of objects".into());
         }
         let add_depth = 1 + new.iter().map(Obj::depth).max().unwrap_or(0);
@@ -329,7 +329,7 @@ impl<'a> Machine<'a> {
                 }
                 b'd' => {
                     let items = self.pop_mark()?;
-                    if items.len() % 2 != 0 {
+                    if !items.len().is_multiple_of(2) {
                         return Err("pickle: DICT with an odd number of objects".into());
                     }
                     self.push(Obj::Dict(node(items)?))?
