@@ -45,6 +45,9 @@ pub enum Error {
     /// An operation is not supported by this prior/operator.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// A buffer larger than the machine can hold (see [`crate::limits::check_alloc`]).
+    #[error("{what}: {reason}")]
+    Memory { what: String, reason: String },
     /// Error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -18,13 +18,31 @@ pub fn load_png(path: &Path, channels: usize, h: usize, w: usize) -> Result<Vec<
         path: path.to_path_buf(),
         reason,
     };
-    let img = image::open(path).map_err(|e| ferr(format!("cannot read image: {e}")))?;
-    if img.width() as usize != w || img.height() as usize != h {
+    crate::io::file_len(path).map_err(ferr)?;
+    // The format from the extension, as `image::open` does; the size from the header first, so a
+    // wrong-sized (or hostile, huge) image is refused before it is decoded. Decoding itself runs
+    // under the image crate's default memory limits.
+    let reader = || {
+        image::ImageReader::open(path).map_err(|e| {
+            ferr(format!(
+                "cannot read image: {}",
+                crate::io::describe_io_error(&e)
+            ))
+        })
+    };
+    let (iw, ih) = reader()?
+        .into_dimensions()
+        .map_err(|e| ferr(format!("cannot read image: {e}")))?;
+    if iw as usize != w || ih as usize != h {
         return Err(ferr(format!(
-            "image is {}x{} (WxH), the model expects {w}x{h}",
-            img.width(),
-            img.height()
+            "image is {iw}x{ih} (WxH), the model expects {w}x{h}"
         )));
+    }
+    let img = reader()?
+        .decode()
+        .map_err(|e| ferr(format!("cannot read image: {e}")))?;
+    if img.width() != iw || img.height() != ih {
+        return Err(ferr("image size changed while reading".into()));
     }
     let out = match channels {
         1 => img

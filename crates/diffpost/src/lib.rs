@@ -2,7 +2,7 @@
 //!
 //! Layout: [`prior`] (denoisers/scores, analytic and neural), [`operator`] (linear forward models),
 //! [`schedule`] (sigma and eta schedules), [`sampler`] (one file per method), [`metrics`]
-//! (distances to exact posteriors), [`rng`] (per-sample random streams), [`io`] (npy/npz).
+//! (distances to exact posteriors), [`rng`] (per-sample random streams), [`io`] (npy/npz), [`limits`] (memory checks).
 // `!(x > 0.0)` is deliberate throughout: it also rejects NaN.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 

@@ -1,51 +1,79 @@
-//! Limits before allocation: a size read from a file, flag or config is checked against what the
-//! machine can hold before any buffer of that size is made, so an impossible request is a clear
-//! error naming the setting instead of an allocation abort.
+//! Memory limits: refuse an allocation the machine cannot hold with a clear error instead of
+//! letting the allocator abort the process ("memory allocation failed") or the OS kill it.
+//!
+//! Use [`check_alloc`] before allocating a buffer whose size comes from user input (a file's
+//! header, `n`, `d`, the number of stages ...).
 
 use crate::{Error, Result};
 
-/// Bytes of memory available now (`MemAvailable` of `/proc/meminfo`), if the system says.
-pub fn available_memory() -> Option<u128> {
+/// Bytes of memory available for new allocations (`MemAvailable` of `/proc/meminfo`), or `None`
+/// where that is unreadable (not Linux, no /proc): then only the address-space limit is checked.
+pub fn mem_available() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u128 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    parse_mem_available(&text)
 }
 
-/// `bytes` as a short human-readable size.
-pub fn human(bytes: u128) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-/// Checks that a buffer of `bytes` for `what` (the setting or file that asks for it) can exist:
-/// at most `isize::MAX` and at most the memory available now (when known).
-pub fn check_alloc(what: &str, bytes: u128) -> Result<()> {
-    let fail = |limit: String| {
-        Err(Error::param(
-            what,
-            format!("would need {} of memory, {limit}", human(bytes)),
-        ))
+/// `MemAvailable:  123456 kB` -> bytes.
+fn parse_mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let mut it = line["MemAvailable:".len()..].split_whitespace();
+    let n: u64 = it.next()?.parse().ok()?;
+    let unit = match it.next() {
+        None => 1,
+        Some(u) if u.eq_ignore_ascii_case("kb") => 1024,
+        Some(u) if u.eq_ignore_ascii_case("mb") => 1024 * 1024,
+        Some(_) => return None,
     };
-    if bytes > isize::MAX as u128 {
-        return fail("more than any machine can address".into());
+    n.checked_mul(unit)
+}
+
+/// `bytes` in a readable unit (`1.5 GiB`), with the exact count.
+pub fn human_bytes(bytes: u128) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} bytes");
     }
-    if let Some(avail) = available_memory() {
-        if bytes > avail {
-            return fail(format!("more than the {} available", human(avail)));
+    let mut v = bytes as f64;
+    let mut unit = "bytes";
+    for u in UNITS {
+        if v < 1024.0 {
+            break;
         }
+        v /= 1024.0;
+        unit = u;
     }
-    Ok(())
+    format!("{v:.1} {unit} ({bytes} bytes)")
+}
+
+/// Why an allocation of `bytes` cannot succeed, or `None` when it may: more than the address
+/// space allows (`isize::MAX`), or more than the memory available now (when known).
+pub fn alloc_problem(bytes: u128) -> Option<String> {
+    if bytes > isize::MAX as u128 {
+        return Some(format!(
+            "would need {}, more than this machine can address",
+            human_bytes(bytes)
+        ));
+    }
+    match mem_available() {
+        Some(avail) if bytes > avail as u128 => Some(format!(
+            "would need {}, more than the {} of memory available (MemAvailable)",
+            human_bytes(bytes),
+            human_bytes(avail as u128)
+        )),
+        _ => None,
+    }
+}
+
+/// Checks that `bytes` can be allocated (see [`alloc_problem`]); `what` names the buffer in the
+/// error (`"samples [n, d] f64"`).
+pub fn check_alloc(what: &str, bytes: u128) -> Result<()> {
+    match alloc_problem(bytes) {
+        None => Ok(()),
+        Some(reason) => Err(Error::Memory {
+            what: what.to_string(),
+            reason,
+        }),
+    }
 }
 
 /// `a * b * ...` in `u128`, saturating (sizes from user input cannot overflow the check).
@@ -58,14 +86,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn impossible_sizes_are_errors_naming_the_setting() {
-        let e = check_alloc("run.n", product(&[1 << 40, 1 << 40, 8]))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("run.n") && e.contains("memory"), "{e}");
+    fn meminfo_parsing() {
+        let t = "MemTotal:       16318480 kB\nMemFree:         1234 kB\nMemAvailable:    8000 kB\n";
+        assert_eq!(parse_mem_available(t), Some(8000 * 1024));
+        assert_eq!(parse_mem_available("MemTotal: 5 kB\n"), None);
+        assert_eq!(parse_mem_available("MemAvailable: x kB\n"), None);
+    }
+
+    #[test]
+    fn impossible_allocations_are_refused() {
         assert!(check_alloc("small", 1024).is_ok());
-        if let Some(avail) = available_memory() {
-            assert!(check_alloc("x", avail + (1 << 30)).is_err());
+        let e = check_alloc("huge", 1u128 << 70).unwrap_err().to_string();
+        assert!(e.contains("huge") && e.contains("bytes"), "{e}");
+        if let Some(avail) = mem_available() {
+            let e = check_alloc("more than RAM", avail as u128 + (1 << 30))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("MemAvailable"), "{e}");
         }
     }
 }

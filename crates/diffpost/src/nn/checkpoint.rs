@@ -1,5 +1,6 @@
 //! Reading the weight files users already have: `.safetensors`, and PyTorch `.pt`/`.pth`/`.bin`
-//! state dicts in the zip format of `torch.save` (PyTorch >= 1.6), through candle's pickle reader.
+//! state dicts in the zip format of `torch.save` (PyTorch >= 1.6), through our own pickle reader
+//! ([`super::torch_zip`], bounded against hostile files).
 //!
 //! The pickle reader only interprets the opcodes that describe tensors and dicts: **no Python code
 //! from the file is executed** (unlike `torch.load` without `weights_only=True`). The legacy
@@ -66,7 +67,8 @@ pub fn detect_format(path: &Path) -> Result<WeightFormat> {
     if n == 9 {
         let len = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
         let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        if head[8] == b'{' && len + 8 <= size {
+        // Checked: a hostile length near u64::MAX must not wrap around (or panic in debug builds).
+        if head[8] == b'{' && len.checked_add(8).is_some_and(|n| n <= size) {
             return Ok(WeightFormat::Safetensors);
         }
     }
@@ -89,9 +91,7 @@ pub fn load_state_dict(path: &Path, key: Option<&str>) -> Result<HashMap<String,
         path: path.to_path_buf(),
         reason,
     };
-    if !path.exists() {
-        return Err(ferr("model weights: file not found".into()));
-    }
+    crate::io::file_len(path).map_err(|r| ferr(format!("model weights: {r}")))?;
     let mut tensors: HashMap<String, Tensor> = match detect_format(path)? {
         WeightFormat::Safetensors => {
             if key.is_some() {
@@ -107,14 +107,14 @@ pub fn load_state_dict(path: &Path, key: Option<&str>) -> Result<HashMap<String,
         }
         WeightFormat::TorchZip => {
             let read = |k: Option<&str>| -> Result<Vec<(String, Tensor)>> {
-                candle_core::pickle::read_all_with_key(path, k)
+                super::torch_zip::read_state_dict(path, k)
                     .map_err(|e| ferr(format!("cannot read the PyTorch state dict: {e}")))
             };
             let mut found = read(key)?;
             if found.is_empty() && key.is_none() {
                 for k in NESTED_KEYS {
                     // A missing key is an error from the reader: try the next one.
-                    if let Ok(v) = candle_core::pickle::read_all_with_key(path, Some(k)) {
+                    if let Ok(v) = super::torch_zip::read_state_dict(path, Some(k)) {
                         if !v.is_empty() {
                             found = v;
                             break;

@@ -156,9 +156,7 @@ impl EdmDenoiser {
             reason,
         };
         cfg.validate()?;
-        if !path.exists() {
-            return Err(ferr("model weights: file not found".into()));
-        }
+        crate::io::file_len(path).map_err(|r| ferr(format!("model weights: {r}")))?;
         let weights = candle_core::safetensors::load(path, device)
             .map_err(|e| ferr(format!("cannot read safetensors: {e}")))?;
         let vb = VarBuilder::from_tensors(weights, DType::F32, device);

@@ -14,6 +14,7 @@ pub(crate) mod layers;
 pub mod model_folder;
 pub mod params;
 pub mod pretrained;
+pub mod torch_zip;
 pub mod train;
 pub mod unet;
 pub mod vp;

@@ -84,8 +84,8 @@ pub fn diffusers_files(path: &Path) -> Result<DiffusersFiles> {
         path: path.to_path_buf(),
         reason,
     };
-    if !path.exists() {
-        return Err(ferr("not found".into()));
+    if let Err(e) = std::fs::metadata(path) {
+        return Err(ferr(crate::io::describe_io_error(&e)));
     }
     let (unet_dir, weights) = if path.is_file() {
         (

@@ -418,9 +418,7 @@ impl Trainer {
             path: path.clone(),
             reason,
         };
-        if !path.exists() {
-            return Err(ferr("checkpoint: file not found".into()));
-        }
+        crate::io::file_len(&path).map_err(|r| ferr(format!("checkpoint: {r}")))?;
         let map = candle_core::safetensors::load(&path, &self.device)
             .map_err(|e| ferr(format!("cannot read checkpoint: {e}")))?;
         let get = |key: &str, like: Option<&Tensor>| -> Result<Tensor> {

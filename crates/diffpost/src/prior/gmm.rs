@@ -269,33 +269,16 @@ impl GaussianMixture {
         )
     }
 
-    /// Reads an `.npz` with `weights [K]`, `means [K,d]`, `covs [K,d,d]` (f32 or f64).
+    /// Reads an `.npz` with `weights [K]`, `means [K,d]`, `covs [K,d,d]` (stored or compressed;
+    /// any dtype of [`crate::io`]'s policy, converted to f64).
     pub fn from_npz(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let ferr = |reason: String| Error::File {
             path: path.to_path_buf(),
             reason,
         };
-        if !path.exists() {
-            return Err(ferr("file not found".into()));
-        }
-        let arrays = Tensor::read_npz(path).map_err(|e| ferr(format!("cannot read npz: {e}")))?;
-        let get = |name: &str| -> Result<Tensor> {
-            arrays
-                .iter()
-                .find(|(n, _)| n == name || n == &format!("{name}.npy"))
-                .map(|(_, t)| t.clone())
-                .ok_or_else(|| {
-                    ferr(format!(
-                        "missing array `{name}` (found: {})",
-                        arrays
-                            .iter()
-                            .map(|(n, _)| n.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
-                })
-        };
+        let mut npz = crate::io::NpzReader::open(path, "")?;
+        let mut get = |name: &str| -> Result<Tensor> { Ok(npz.read(name)?.tensor) };
         let w = get("weights")?;
         let m = get("means")?;
         let c = get("covs")?;
@@ -316,15 +299,10 @@ impl GaussianMixture {
                 c.dims()
             )));
         }
-        let to64 = |t: &Tensor, name: &str| -> Result<Vec<f64>> {
-            match t.dtype() {
-                DType::F32 | DType::F64 => Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?),
-                other => Err(ferr(format!("`{name}` must be f32 or f64, got {other:?}"))),
-            }
-        };
-        let wv = to64(&w, "weights")?;
-        let mv = to64(&m, "means")?;
-        let cv = to64(&c, "covs")?;
+        let to64 = |t: &Tensor| -> Result<Vec<f64>> { Ok(t.flatten_all()?.to_vec1()?) };
+        let wv = to64(&w)?;
+        let mv = to64(&m)?;
+        let cv = to64(&c)?;
         let means = mv.chunks(d).map(|r| r.to_vec()).collect();
         let covs = cv
             .chunks(d * d)
