@@ -301,6 +301,13 @@ fn parse_device(s: &str) -> Result<candle_core::Device> {
 }
 
 fn main() {
+    // A closed stdout (`diffpost eval ... | head`) ends the process quietly, as for other Unix
+    // tools, instead of a panic in `println!`.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // candle's elementwise thread pool spin-waits; we parallelise over sample batches instead.
     diffpost::sysalloc::quiet_candle_pool();
     // Large activation buffers are reused instead of returned to the OS after every call.

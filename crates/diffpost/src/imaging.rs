@@ -44,6 +44,17 @@ pub fn load_png(path: &Path, channels: usize, h: usize, w: usize) -> Result<Vec<
     if img.width() != iw || img.height() != ih {
         return Err(ferr("image size changed while reading".into()));
     }
+    let have = img.color().channel_count() as usize;
+    if have != channels {
+        crate::io::note_conversion(format!(
+            "{}: {} converted to the model's {channels} channel(s){}",
+            path.file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            format!("{:?}", img.color()),
+            if channels == 1 { " (luminance)" } else { "" }
+        ));
+    }
     let out = match channels {
         1 => img
             .to_luma8()

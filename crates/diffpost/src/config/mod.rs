@@ -303,6 +303,7 @@ impl ProblemConfig {
 
     /// Loads the prior (networks on `device`), the operator and the measurement.
     pub fn load(&self, device: &Device) -> Result<LoadedProblem> {
+        let _ = crate::io::take_conversion_notes();
         let prior = self
             .prior
             .load(&self.dir, device)
@@ -387,6 +388,7 @@ impl ProblemConfig {
             y_vec,
             truth,
             eta,
+            conversions: crate::io::take_conversion_notes(),
         })
     }
 }
@@ -403,6 +405,8 @@ pub struct LoadedProblem {
     /// The ground truth, when `y` was simulated from it.
     pub truth: Option<Vec<f64>>,
     pub eta: f64,
+    /// Conversions made while reading the inputs (dtypes, image channels), for `summary.json`.
+    pub conversions: Vec<String>,
 }
 
 impl LoadedProblem {
@@ -500,7 +504,13 @@ impl LoadedProblem {
             health_warnings: out
                 .diagnostics
                 .warnings(&out.info, out.layout.population_size),
-            extra: Default::default(),
+            extra: if self.conversions.is_empty() {
+                Default::default()
+            } else {
+                let mut m = serde_json::Map::new();
+                m.insert("conversions".into(), serde_json::json!(self.conversions));
+                m
+            },
         }
     }
 }

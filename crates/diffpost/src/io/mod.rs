@@ -114,9 +114,30 @@ pub fn read_array_with_note(path: &Path, what: &str) -> Result<ReadArray> {
 }
 
 /// Reads a numeric `.npy` as an f64 tensor, checking it exists, parses and is finite.
-/// `what` names the array in error messages.
+/// `what` names the array in error messages. A dtype conversion is recorded in this thread's
+/// conversion log ([`take_conversion_notes`]).
 pub fn read_array(path: &Path, what: &str) -> Result<Tensor> {
-    Ok(read_array_with_note(path, what)?.tensor)
+    let r = read_array_with_note(path, what)?;
+    if let Some(n) = r.conversion {
+        note_conversion(n);
+    }
+    Ok(r.tensor)
+}
+
+thread_local! {
+    static CONVERSIONS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Records a conversion made while reading an input (a dtype, an image's channels), for the
+/// run's `summary.json`.
+pub fn note_conversion(note: String) {
+    CONVERSIONS.with(|c| c.borrow_mut().push(note));
+}
+
+/// The conversions recorded on this thread since the last call (and clears them). Loading a
+/// problem takes them into [`crate::config::LoadedProblem::conversions`].
+pub fn take_conversion_notes() -> Vec<String> {
+    CONVERSIONS.with(|c| std::mem::take(&mut *c.borrow_mut()))
 }
 
 /// Writes through `write(tmp_path)` then renames onto `path`, so readers never see a partial file

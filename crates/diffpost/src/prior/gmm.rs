@@ -278,7 +278,13 @@ impl GaussianMixture {
             reason,
         };
         let mut npz = crate::io::NpzReader::open(path, "")?;
-        let mut get = |name: &str| -> Result<Tensor> { Ok(npz.read(name)?.tensor) };
+        let mut get = |name: &str| -> Result<Tensor> {
+            let r = npz.read(name)?;
+            if let Some(n) = r.conversion {
+                crate::io::note_conversion(n);
+            }
+            Ok(r.tensor)
+        };
         let w = get("weights")?;
         let m = get("means")?;
         let c = get("covs")?;
