@@ -217,7 +217,7 @@ pub fn run(o: &Opts) -> Result<()> {
             .join(", ")
     };
     let md = format!(
-        "MNIST test digit {} (label {}), {} half hidden, eta = {eta}, {} samples per method (`diffpost modes --index {} --hide {}`, {:.0} s).\n\
+        "MNIST test digit {} (label {}), {} half hidden, eta = {eta}, {} samples per method (`diffpost modes --index {} --hide {} --particles {particles} --moves-per-stage {}`, {:.0} s).\n\
          Samples grouped by the label of their nearest labelled held-out digit.\n\n\
          | method | samples | evaluations per sample | wall s | spread | groups (share of samples) |\n|---|---:|---:|---:|---:|---|\n\
          | SMC ({stages} stages, log p(y) = {}) | {particles} | {:.0} | {:.0} | {:.3} | {} |\n\
@@ -231,6 +231,7 @@ pub fn run(o: &Opts) -> Result<()> {
         o.n,
         o.index,
         o.hide,
+        o.moves_per_stage,
         t0.elapsed().as_secs_f64(),
         lz.map(|v| format!("{v:.1}")).unwrap_or_default(),
         smc.diagnostics.score_evals_per_sample.mean,

@@ -40,10 +40,12 @@ fn write_png_sized(path: &Path, size: u32) {
     img.save(path).unwrap();
 }
 
+/// The fixtures' networks have random weights: their outputs are not images in [-1, 1] (RMS
+/// about 250), so every prior here sets `data_scale` for the divergence check.
 fn guided_prior() -> String {
     let f = fixtures().join("parity/guided_dps");
     format!(
-        "[prior]\nkind = \"guided-diffusion\"\npath = \"{}\"\nconfig = \"{}\"\n",
+        "[prior]\nkind = \"guided-diffusion\"\ndata_scale = 1000.0\npath = \"{}\"\nconfig = \"{}\"\n",
         f.join("weights.safetensors").display(),
         f.join("config.json").display()
     )
@@ -97,7 +99,7 @@ fn every_sampler_runs_on_both_checkpoint_kinds() {
         ),
     ];
     let diffusers_prior = format!(
-        "[prior]\nkind = \"diffusers-unet\"\npath = \"{}\"\n",
+        "[prior]\nkind = \"diffusers-unet\"\ndata_scale = 1000.0\npath = \"{}\"\n",
         fixtures()
             .join("parity/diffusers_flip_heads/weights.safetensors")
             .display()
@@ -142,7 +144,7 @@ fn diffusers_checkpoint_and_pt_files_load() {
     let dir = tmpdir("diffusers");
     write_png_sized(&dir.join("truth.png"), 16);
     let prior = format!(
-        "[prior]\nkind = \"diffusers-unet\"\npath = \"{}\"\ntimestep = \"nearest\"\n",
+        "[prior]\nkind = \"diffusers-unet\"\ndata_scale = 1000.0\npath = \"{}\"\ntimestep = \"nearest\"\n",
         f.join("weights.safetensors").display()
     );
     let cfg = write_config(&dir, &prior, "kind = \"dps\"\nsteps = 10", 2);
@@ -156,7 +158,7 @@ fn diffusers_checkpoint_and_pt_files_load() {
         let dir = tmpdir(pt);
         write_png(&dir.join("truth.png"));
         let prior = format!(
-            "[prior]\nkind = \"guided-diffusion\"\npath = \"{}\"\nconfig = \"{}\"\n",
+            "[prior]\nkind = \"guided-diffusion\"\ndata_scale = 1000.0\npath = \"{}\"\nconfig = \"{}\"\n",
             fixtures().join("pt").join(pt).display(),
             g.display()
         );
@@ -182,7 +184,7 @@ fn pretrained_errors_are_clear() {
     // The DPS FFHQ preset on the small model's weights: missing and mis-shaped tensors, listed.
     check(
         &format!(
-            "[prior]\nkind = \"guided-diffusion\"\npath = \"{}\"\npreset = \"dps-ffhq256\"\n",
+            "[prior]\nkind = \"guided-diffusion\"\ndata_scale = 1000.0\npath = \"{}\"\npreset = \"dps-ffhq256\"\n",
             w.display()
         ),
         &[
@@ -194,14 +196,14 @@ fn pretrained_errors_are_clear() {
     );
     check(
         &format!(
-            "[prior]\nkind = \"guided-diffusion\"\npath = \"{}\"\npreset = \"ffhq\"\n",
+            "[prior]\nkind = \"guided-diffusion\"\ndata_scale = 1000.0\npath = \"{}\"\npreset = \"ffhq\"\n",
             w.display()
         ),
         &["dps-ffhq256", "adm-imagenet256-uncond"],
     );
     check(
         &format!(
-            "[prior]\nkind = \"guided-diffusion\"\npath = \"{}\"\n",
+            "[prior]\nkind = \"guided-diffusion\"\ndata_scale = 1000.0\npath = \"{}\"\n",
             w.display()
         ),
         &["preset", "config"],
@@ -209,7 +211,7 @@ fn pretrained_errors_are_clear() {
     // The legacy (pre-1.6) format is refused with the conversion to run.
     check(
         &format!(
-            "[prior]\nkind = \"guided-diffusion\"\npath = \"{}\"\npreset = \"dps-ffhq256\"\n",
+            "[prior]\nkind = \"guided-diffusion\"\ndata_scale = 1000.0\npath = \"{}\"\npreset = \"dps-ffhq256\"\n",
             fixtures().join("pt/legacy.pt").display()
         ),
         &["legacy.pt", "legacy", "torch.save"],
@@ -255,6 +257,9 @@ fn ffhq_recipes_are_valid_configs() {
         let f = fixtures().join("parity/guided_dps");
         let mut prior = toml::Table::new();
         prior.insert("kind".into(), "guided-diffusion".into());
+        // Random weights: the network's outputs are not images in [-1, 1] (RMS about 250), so
+        // the divergence check gets their scale.
+        prior.insert("data_scale".into(), 1000.0.into());
         prior.insert(
             "path".into(),
             f.join("weights.safetensors").display().to_string().into(),

@@ -47,11 +47,11 @@ pub fn load_png(path: &Path, channels: usize, h: usize, w: usize) -> Result<Vec<
     let have = img.color().channel_count() as usize;
     if have != channels {
         crate::io::note_conversion(format!(
-            "{}: {} converted to the model's {channels} channel(s){}",
+            "{}: {:?} converted to the model's {channels} channel(s){}",
             path.file_name()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            format!("{:?}", img.color()),
+            img.color(),
             if channels == 1 { " (luminance)" } else { "" }
         ));
     }

@@ -111,6 +111,10 @@ pub struct GuidedPrior {
     /// sigma -> timestep: "interpolate" (default) or "nearest".
     #[serde(default = "interpolate")]
     pub timestep: String,
+    /// RMS per coordinate of the data the network models (default 1: images in `[-1, 1]`),
+    /// the scale of the divergence check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_scale: Option<f64>,
 }
 
 /// `kind = "diffusers-unet"`: a diffusers `UNet2DModel` folder or weights file.
@@ -128,6 +132,9 @@ pub struct DiffusersPrior {
     pub key: Option<String>,
     #[serde(default = "interpolate")]
     pub timestep: String,
+    /// As for guided-diffusion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_scale: Option<f64>,
 }
 
 fn interpolate() -> String {
@@ -158,6 +165,16 @@ pub struct LoadedPrior {
     pub perturbation: Option<Perturbation>,
     /// `[C, H, W]` for image priors.
     pub image_shape: Option<[usize; 3]>,
+}
+
+fn check_data_scale(s: Option<f64>) -> Result<()> {
+    match s {
+        Some(v) if !(v > 0.0) || !v.is_finite() => Err(Error::param(
+            "prior.data_scale",
+            format!("must be finite and > 0, got {v}"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn timestep_mode(s: &str) -> Result<TimestepMode> {
@@ -195,6 +212,7 @@ impl PriorSpec {
             }
             PriorSpec::GuidedDiffusion(g) => {
                 timestep_mode(&g.timestep)?;
+                check_data_scale(g.data_scale)?;
                 if g.preset.is_some() && g.config.is_some() {
                     return Err(Error::param(
                         "prior.preset",
@@ -226,6 +244,7 @@ impl PriorSpec {
             }
             PriorSpec::DiffusersUnet(g) => {
                 timestep_mode(&g.timestep)?;
+                check_data_scale(g.data_scale)?;
                 if g.preset.is_some() && g.config.is_some() {
                     return Err(Error::param(
                         "prior.preset",
@@ -316,7 +335,8 @@ impl PriorSpec {
                 let net = load_guided(&resolve(dir, &g.path), &cfg, g.key.as_deref(), device)?;
                 let den =
                     VpDenoiser::new(Box::new(net), schedule, Prediction::Epsilon, device.clone())
-                        .with_timestep_mode(timestep_mode(&g.timestep)?);
+                        .with_timestep_mode(timestep_mode(&g.timestep)?)
+                        .with_data_scale(g.data_scale.unwrap_or(1.0));
                 let shape = den.image_shape();
                 Ok(network(Box::new(den), shape))
             }
@@ -337,7 +357,8 @@ impl PriorSpec {
                     reason: e.to_string(),
                 })?;
                 let den = VpDenoiser::new(Box::new(net), schedule, prediction, device.clone())
-                    .with_timestep_mode(timestep_mode(&g.timestep)?);
+                    .with_timestep_mode(timestep_mode(&g.timestep)?)
+                    .with_data_scale(g.data_scale.unwrap_or(1.0));
                 let shape = den.image_shape();
                 Ok(network(Box::new(den), shape))
             }

@@ -249,6 +249,8 @@ pub struct VpDenoiser {
     /// Where the network runs; sampler state stays on the CPU (f64) and is moved per call.
     net_device: Device,
     chunk: usize,
+    /// RMS per coordinate of the data the network models (1: images in `[-1, 1]`).
+    data_scale: f64,
 }
 
 impl std::fmt::Debug for VpDenoiser {
@@ -280,7 +282,15 @@ impl VpDenoiser {
             mode: TimestepMode::default(),
             net_device,
             chunk: 8,
+            data_scale: 1.0,
         }
+    }
+
+    /// The data's scale per coordinate, for the divergence check (default 1, images in
+    /// `[-1, 1]`); a network trained on other data, or one with random weights, sets its own.
+    pub fn with_data_scale(mut self, s: f64) -> Self {
+        self.data_scale = s;
+        self
     }
 
     pub fn with_timestep_mode(mut self, mode: TimestepMode) -> Self {
@@ -373,9 +383,9 @@ impl Denoiser for VpDenoiser {
         self.schedule.sigma_range()
     }
 
-    /// Images in `[-1, 1]`.
+    /// Images in `[-1, 1]` unless set ([`VpDenoiser::with_data_scale`]).
     fn scale(&self) -> f64 {
-        1.0
+        self.data_scale
     }
 
     fn sigma_max_hint(&self) -> f64 {
