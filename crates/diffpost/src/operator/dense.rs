@@ -14,6 +14,8 @@ pub struct Dense {
     at: Tensor,
     m: usize,
     d: usize,
+    /// `A^T A = V diag(lambda) V^T`, computed on first use: `(V [d, d], lambda)`.
+    eigen: std::sync::OnceLock<(Tensor, Vec<f64>)>,
 }
 
 impl Dense {
@@ -33,7 +35,13 @@ impl Dense {
         let rows: Vec<f64> = a.transpose().iter().copied().collect(); // row-major
         let t = Tensor::from_vec(rows, (m, d), device)?;
         let at = t.t()?.contiguous()?;
-        Ok(Self { a: t, at, m, d })
+        Ok(Self {
+            a: t,
+            at,
+            m,
+            d,
+            eigen: std::sync::OnceLock::new(),
+        })
     }
 
     /// Reads `A` from a 2-D `.npy` (`[m, d]`, f32 or f64).
@@ -57,9 +65,49 @@ impl Dense {
         })
     }
 
+    /// `(V, lambda)` of `A^T A` (one symmetric eigen-decomposition, made once).
+    fn eigen(&self) -> Result<&(Tensor, Vec<f64>)> {
+        if let Some(e) = self.eigen.get() {
+            return Ok(e);
+        }
+        crate::limits::check_alloc(
+            "dense operator eigen-decomposition",
+            crate::limits::product(&[4, self.d as u128, self.d as u128, 8]),
+        )?;
+        let v: Vec<f64> = self.a.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+        let a = DMatrix::from_row_slice(self.m, self.d, &v);
+        let g = a.transpose() * &a;
+        let eig = nalgebra::SymmetricEigen::new((&g + g.transpose()) * 0.5);
+        // V row-major [d, d]: V[i][j] = eigenvector j, component i.
+        let vecs = eig.eigenvectors;
+        let rows: Vec<f64> = (0..self.d)
+            .flat_map(|i| (0..self.d).map(move |j| (i, j)))
+            .map(|(i, j)| vecs[(i, j)])
+            .collect();
+        let vt = Tensor::from_vec(rows, (self.d, self.d), self.a.device())?;
+        let lam: Vec<f64> = eig.eigenvalues.iter().map(|&l| l.max(0.0)).collect();
+        Ok(self.eigen.get_or_init(|| (vt, lam)))
+    }
+
     /// The matrix as a tensor `[m, d]`.
     pub fn matrix(&self) -> &Tensor {
         &self.a
+    }
+}
+
+impl super::GramSpectrum for Dense {
+    /// `V diag(f(lambda)) V^T x` (rows: `x V diag(f) V^T`).
+    fn gram_fn(&self, x: &Tensor, f: &dyn Fn(f64) -> f64) -> Result<Tensor> {
+        check_in(self, x)?;
+        let (v, lam) = self.eigen()?;
+        let fl: Vec<f64> = lam.iter().map(|&l| f(l)).collect();
+        let fl = Tensor::from_vec(fl, (1, self.d), x.device())?;
+        let x = x.to_dtype(DType::F64)?;
+        let c = x.matmul(v)?.broadcast_mul(&fl)?;
+        Ok(c.matmul(&v.t()?)?)
+    }
+    fn eigenvalues(&self) -> Result<Vec<f64>> {
+        Ok(self.eigen()?.1.clone())
     }
 }
 
@@ -77,6 +125,9 @@ impl LinearOperator for Dense {
     fn adjoint(&self, y: &Tensor) -> Result<Tensor> {
         check_out(self, y)?;
         Ok(y.to_dtype(DType::F64)?.matmul(&self.a)?)
+    }
+    fn gram_spectrum(&self) -> Option<&dyn super::GramSpectrum> {
+        Some(self)
     }
     fn name(&self) -> String {
         format!("matrix[{}x{}]", self.m, self.d)

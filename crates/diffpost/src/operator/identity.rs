@@ -20,6 +20,16 @@ impl Identity {
     }
 }
 
+impl super::GramSpectrum for Identity {
+    /// `A^T A = I`: `f(1) x`.
+    fn gram_fn(&self, x: &Tensor, f: &dyn Fn(f64) -> f64) -> Result<Tensor> {
+        Ok((x * f(1.0))?)
+    }
+    fn eigenvalues(&self) -> Result<Vec<f64>> {
+        Ok(vec![1.0])
+    }
+}
+
 impl LinearOperator for Identity {
     fn in_dim(&self) -> usize {
         self.d
@@ -37,6 +47,9 @@ impl LinearOperator for Identity {
     }
     fn normal(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.clone())
+    }
+    fn gram_spectrum(&self) -> Option<&dyn super::GramSpectrum> {
+        Some(self)
     }
     fn name(&self) -> String {
         format!("identity[{}]", self.d)

@@ -64,6 +64,25 @@ impl Mask {
     }
 }
 
+impl super::GramSpectrum for Mask {
+    /// `A^T A = diag(indicator)`.
+    fn gram_fn(&self, x: &Tensor, f: &dyn Fn(f64) -> f64) -> Result<Tensor> {
+        check_in(self, x)?;
+        let mut w = vec![0.0; self.d];
+        for &i in &self.sel {
+            w[i] = 1.0;
+        }
+        super::diagonal_gram_fn(x, &w, f)
+    }
+    fn eigenvalues(&self) -> Result<Vec<f64>> {
+        Ok(if self.sel.len() < self.d {
+            vec![0.0, 1.0]
+        } else {
+            vec![1.0]
+        })
+    }
+}
+
 impl LinearOperator for Mask {
     fn in_dim(&self) -> usize {
         self.d
@@ -90,5 +109,8 @@ impl LinearOperator for Mask {
     }
     fn selection(&self) -> Option<&[usize]> {
         Some(&self.sel)
+    }
+    fn gram_spectrum(&self) -> Option<&dyn super::GramSpectrum> {
+        Some(self)
     }
 }

@@ -18,6 +18,25 @@ pub use dense::Dense;
 pub use identity::Identity;
 pub use mask::Mask;
 
+/// The spectral decomposition `A^T A = V diag(lambda) V^T` of an operator's normal operator
+/// (docs/algorithms.md, "Exact-likelihood integrator"), used to integrate the Gaussian
+/// likelihood's Langevin flow exactly. `f` acts on the eigenvalues.
+pub trait GramSpectrum: Send + Sync {
+    /// `f(A^T A) x = V diag(f(lambda)) V^T x` for `x: [B, d]`.
+    fn gram_fn(&self, x: &Tensor, f: &dyn Fn(f64) -> f64) -> Result<Tensor>;
+    /// The eigenvalues of `A^T A` (with repetition, or the distinct ones); the largest is
+    /// `||A||^2`.
+    fn eigenvalues(&self) -> Result<Vec<f64>>;
+}
+
+/// `f(diag(w)) x = x * f(w)` for a normal operator that is diagonal in the pixel basis
+/// (identity, masks, boxes): `w` holds the diagonal, `[d]`.
+pub(crate) fn diagonal_gram_fn(x: &Tensor, w: &[f64], f: &dyn Fn(f64) -> f64) -> Result<Tensor> {
+    let fw: Vec<f64> = w.iter().map(|&v| f(v)).collect();
+    let t = Tensor::from_vec(fw, (1, w.len()), x.device())?.to_dtype(x.dtype())?;
+    Ok(x.broadcast_mul(&t)?)
+}
+
 /// A linear operator with its adjoint. Row-independent on the batch dimension.
 pub trait LinearOperator: Send + Sync {
     /// Input dimension d.
@@ -47,6 +66,11 @@ pub trait LinearOperator: Send + Sync {
     }
     /// For image operators: the `[C, H, W]` shape of `x` (flattened to `d = C H W` on the batch).
     fn image_shape(&self) -> Option<[usize; 3]> {
+        None
+    }
+    /// The eigen-decomposition of `A^T A` when the operator has a fast one (all but multi-coil
+    /// MRI); samplers with `integrator = "exact-likelihood"` need it.
+    fn gram_spectrum(&self) -> Option<&dyn GramSpectrum> {
         None
     }
     /// The operator as a dense `[m, d]` matrix (for exact posteriors on small problems).
