@@ -12,6 +12,7 @@ use candle_core::Tensor;
 use serde::Serialize;
 
 use super::diffusion::DiffusionConfig;
+use super::integrator::Integrator;
 use super::ula::{initialise, langevin, Init};
 use super::{Counted, Info, Monitor, Output, Problem, StepRule};
 use crate::prior::{Denoiser, ExactSample};
@@ -53,6 +54,8 @@ pub struct AnnealedConfig {
     /// whose samples carry about `score_sigma` of extra noise per pixel; this removes it, as the
     /// final denoising step of ALD and EDM does. Off by default (and a no-op at `score_sigma = 0`).
     pub final_denoise: bool,
+    /// Euler-Maruyama (default) or the exact-likelihood splitting (`h = h_rel / L_prior`).
+    pub integrator: Integrator,
 }
 
 impl Default for AnnealedConfig {
@@ -67,6 +70,7 @@ impl Default for AnnealedConfig {
             l_prior: None,
             score_sigma: None,
             final_denoise: false,
+            integrator: Integrator::Euler,
         }
     }
 }
@@ -178,10 +182,16 @@ pub(crate) fn sample_with(
     let init_evals = counted.evals();
     let total = init_evals + ((n - 1) * cfg.steps_per_stage) as u64;
     let s_sigma = super::score_level(problem.prior, cfg.score_sigma)?;
+    let (integrator, integrator_note) = problem.integrator(cfg.integrator);
+    let a_step = if integrator.likelihood_in_step() {
+        a_norm
+    } else {
+        0.0
+    };
     // Step 3: Langevin toward p(x | y_{i+1}) for i = 1..N-1.
     let mut hs = Vec::with_capacity(n - 1);
     for i in 0..n - 1 {
-        let h = cfg.step.step(l_prior, a_norm, etas[i + 1]);
+        let h = cfg.step.step(l_prior, a_step, etas[i + 1]);
         hs.push(h);
         let base = init_evals + (i * cfg.steps_per_stage) as u64;
         x = langevin(
@@ -193,6 +203,7 @@ pub(crate) fn sample_with(
             h,
             cfg.steps_per_stage,
             s_sigma,
+            integrator,
             streams,
             name,
             i + 1,
@@ -211,6 +222,7 @@ pub(crate) fn sample_with(
             etas: Some(etas),
             steps: Some(hs),
             acceptance: None,
+            integrator: Some(integrator_note),
             smc: None,
         },
     })

@@ -159,6 +159,7 @@ pub fn sample(
             acceptance: Some(acceptance),
             steps: Some(vec![h]),
             etas: None,
+            integrator: None,
             smc: None,
         },
     })

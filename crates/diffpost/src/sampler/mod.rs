@@ -13,6 +13,7 @@ pub mod diffusion;
 pub mod dps;
 pub mod exact;
 pub mod health;
+pub mod integrator;
 pub mod local;
 pub mod mala;
 pub mod settings;
@@ -114,6 +115,25 @@ impl<'a> Problem<'a> {
             eta: self.eta,
             a_norm,
             scale: OnceLock::new(),
+        }
+    }
+
+    /// The integrator a Langevin sampler can use here: `want`, or Euler when it asks for the
+    /// exact likelihood and the operator has no spectrum; with the note for `summary.json`.
+    pub fn integrator(&self, want: integrator::Integrator) -> (integrator::Integrator, String) {
+        use integrator::Integrator::*;
+        match want {
+            Euler => (Euler, "euler".into()),
+            ExactLikelihood if self.op.gram_spectrum().is_some() => {
+                (ExactLikelihood, "exact-likelihood".into())
+            }
+            ExactLikelihood => (
+                Euler,
+                format!(
+                    "euler (exact-likelihood asked, but operator `{}` has no fast A^T A spectrum)",
+                    self.op.name()
+                ),
+            ),
         }
     }
 
@@ -235,6 +255,10 @@ pub struct Info {
     /// Step sizes used per stage (or the single step).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<Vec<f64>>,
+    /// Langevin samplers: the integrator used ("euler", "exact-likelihood", or the Euler
+    /// fallback for an operator without a spectrum).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integrator: Option<String>,
     /// SMC: one trace per population (tempering levels, ESS, resampling, evidence).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smc: Option<Vec<smc::SmcTrace>>,

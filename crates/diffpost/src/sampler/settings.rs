@@ -7,6 +7,7 @@
 //! The older per-method names `levels`/`annealing_steps`, `steps_per_level`/`langevin_steps` and
 //! `lr_rel` are accepted as deprecated aliases ([`deprecated_keys`]).
 
+use super::integrator::Integrator;
 use serde::{Deserialize, Serialize};
 
 use super::annealed::{AnnealedConfig, EtaSchedule};
@@ -192,6 +193,8 @@ macro_rules! annealed_keys {
             #[serde(skip_serializing_if = "Option::is_none")]
             pub score_sigma: Option<f64>,
             pub final_denoise: bool,
+            /// "euler" | "exact-likelihood".
+            pub integrator: Integrator,
         }
 
         impl $name {
@@ -222,6 +225,7 @@ macro_rules! annealed_keys {
                     l_prior: a.l_prior,
                     score_sigma: a.score_sigma,
                     final_denoise: a.final_denoise,
+                    integrator: a.integrator,
                 }
             }
 
@@ -276,6 +280,7 @@ macro_rules! annealed_keys {
                     l_prior: self.l_prior,
                     score_sigma: self.score_sigma,
                     final_denoise: self.final_denoise,
+                    integrator: self.integrator,
                 };
                 cfg.validate()?;
                 Ok(cfg)
@@ -311,6 +316,7 @@ macro_rules! annealed_keys {
                 self.l_prior = c.l_prior;
                 self.score_sigma = c.score_sigma;
                 self.final_denoise = c.final_denoise;
+                self.integrator = c.integrator;
             }
         }
     };
@@ -388,6 +394,7 @@ impl From<AnnealedConfig> for AnnealedSettings {
             l_prior: None,
             score_sigma: None,
             final_denoise: false,
+            integrator: Integrator::Euler,
         };
         s.set_annealed_part(&c, true);
         s
@@ -659,6 +666,8 @@ chain_keys! {
     UlaSettings {
         #[serde(skip_serializing_if = "Option::is_none")]
         score_sigma: Option<f64>,
+        /// "euler" | "exact-likelihood".
+        integrator: Integrator,
     }
 }
 
@@ -675,7 +684,14 @@ impl Default for UlaSettings {
 
 impl From<UlaConfig> for UlaSettings {
     fn from(c: UlaConfig) -> Self {
-        UlaSettings::from_chain(c.steps, c.step, &c.init, c.l_prior, c.score_sigma)
+        UlaSettings::from_chain(
+            c.steps,
+            c.step,
+            &c.init,
+            c.l_prior,
+            c.score_sigma,
+            c.integrator,
+        )
     }
 }
 
@@ -688,6 +704,7 @@ impl TryFrom<UlaSettings> for UlaConfig {
             init: s.init_keys().build()?,
             l_prior: s.l_prior,
             score_sigma: s.score_sigma,
+            integrator: s.integrator,
         };
         c.validate()?;
         Ok(c)

@@ -19,6 +19,7 @@
 //! `j` from stream `j`, resampling from the population's first stream), so a population's result
 //! does not depend on the batch, the thread count or the shard it ran in.
 
+use super::integrator::Integrator;
 use candle_core::Tensor;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -118,6 +119,8 @@ pub struct SmcConfig {
     pub score_sigma: Option<f64>,
     /// Tweedie denoiser `D(x, score_sigma)` on the output, as Algorithm 1.
     pub final_denoise: bool,
+    /// ULA moves: "euler" (default) or "exact-likelihood" (then ULA is the default kernel).
+    pub integrator: Integrator,
 }
 
 impl Default for SmcConfig {
@@ -145,6 +148,7 @@ impl Default for SmcConfig {
             l_prior: None,
             score_sigma: None,
             final_denoise: false,
+            integrator: Integrator::Euler,
         }
     }
 }
@@ -412,6 +416,17 @@ fn sample_impl(
         score_evals: evals,
         info: Info {
             acceptance: (!accs.is_empty()).then(|| accs.iter().sum::<f64>() / accs.len() as f64),
+            integrator: Some(
+                if cfg.kernel == Some(MoveKernel::Mala)
+                    || (cfg.kernel.is_none()
+                        && cfg.integrator == Integrator::Euler
+                        && log_density.is_some())
+                {
+                    "mala moves".into()
+                } else {
+                    problem.integrator(cfg.integrator).1
+                },
+            ),
             smc: Some(traces),
             ..Default::default()
         },
@@ -436,11 +451,20 @@ fn population(
     let eta = problem.eta;
     let m = problem.op.out_dim() as f64;
     let device = problem.device();
-    let kernel = cfg.kernel.unwrap_or(if log_density.is_some() {
-        MoveKernel::Mala
-    } else {
-        MoveKernel::Ula
-    });
+    let exact_lik = cfg.integrator == Integrator::ExactLikelihood;
+    if exact_lik && cfg.kernel == Some(MoveKernel::Mala) {
+        return Err(Error::param(
+            "sampler.integrator",
+            "exact-likelihood applies to ULA moves (kernel = \"ula\")",
+        ));
+    }
+    let kernel = cfg
+        .kernel
+        .unwrap_or(if log_density.is_some() && !exact_lik {
+            MoveKernel::Mala
+        } else {
+            MoveKernel::Ula
+        });
     let log_density = match (kernel, log_density) {
         (MoveKernel::Mala, None) => {
             return Err(Error::param(
@@ -467,7 +491,12 @@ fn population(
         super::StepRule::Fixed { .. } => 0.0,
         _ => prior_lipschitz_at(problem.prior, cfg.l_prior, s_sigma)?,
     };
-    let a_norm = problem.a_norm()?;
+    let (integrator, _) = problem.integrator(cfg.integrator);
+    let a_norm = if integrator.likelihood_in_step() {
+        problem.a_norm()?
+    } else {
+        0.0
+    };
     let auto = if exact.is_some() {
         InitKind::ExactPrior
     } else {
@@ -571,6 +600,7 @@ fn population(
                     h,
                     moves,
                     s_sigma,
+                    integrator,
                     streams,
                     "smc",
                     stage,

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::diffusion::DiffusionConfig;
 use super::health::CHECK_EVERY;
+use super::integrator::{Integrator, LikelihoodFlow};
 use super::{prior_lipschitz_at, Counted, Info, Monitor, Output, Problem, StepRule};
 use crate::prior::{Denoiser, ExactSample};
 use crate::rng::SampleStreams;
@@ -58,6 +59,8 @@ pub struct UlaConfig {
     pub l_prior: Option<f64>,
     /// Noise level of the prior score (default: the prior's sigma_min; see [`super::score_level`]).
     pub score_sigma: Option<f64>,
+    /// Euler-Maruyama (default) or the exact-likelihood splitting (`h = h_rel / L_prior`).
+    pub integrator: Integrator,
 }
 
 impl Default for UlaConfig {
@@ -68,6 +71,7 @@ impl Default for UlaConfig {
             init: Init::Diffusion(DiffusionConfig::default()),
             l_prior: None,
             score_sigma: None,
+            integrator: Integrator::Euler,
         }
     }
 }
@@ -97,6 +101,7 @@ pub(crate) fn langevin(
     h: f64,
     steps: usize,
     score_sigma: f64,
+    integrator: Integrator,
     streams: &mut SampleStreams,
     name: &str,
     stage: usize,
@@ -104,11 +109,26 @@ pub(crate) fn langevin(
 ) -> Result<Tensor> {
     let shape = prior.sample_shape();
     let noise = (2.0 * h).sqrt();
+    // Eq. 37: the likelihood's OU flow exactly, when asked and the operator has a spectrum.
+    let flow = match (integrator, problem.op.gram_spectrum()) {
+        (Integrator::ExactLikelihood, Some(spec)) => {
+            Some(LikelihoodFlow::new(problem.op, spec, y_target, eta, h)?)
+        }
+        _ => None,
+    };
     for k in 0..steps {
-        let drift =
-            (prior.score(&x, score_sigma)? + problem.likelihood_grad(&x, y_target, eta)?)?;
         let z = streams.randn(&shape, x.device())?;
-        x = ((x + (drift * h)?)? + (z * noise)?)?;
+        x = match &flow {
+            Some(flow) => {
+                let xp = (&x + (prior.score(&x, score_sigma)? * h)?)?;
+                flow.step(&xp, &z)?
+            }
+            None => {
+                let drift = (prior.score(&x, score_sigma)?
+                    + problem.likelihood_grad(&x, y_target, eta)?)?;
+                ((x + (drift * h)?)? + (z * noise)?)?
+            }
+        };
         if k % CHECK_EVERY == CHECK_EVERY - 1 || k + 1 == steps {
             problem.check(&x, score_sigma, name, stage, k + 1)?;
         }
@@ -132,7 +152,12 @@ pub fn sample(
         StepRule::Fixed { .. } => 0.0,
         _ => prior_lipschitz_at(problem.prior, cfg.l_prior, s_sigma)?,
     };
-    let a = problem.a_norm()?;
+    let (integrator, integrator_note) = problem.integrator(cfg.integrator);
+    let a = if integrator.likelihood_in_step() {
+        problem.a_norm()?
+    } else {
+        0.0
+    };
     let h = cfg.step.step(l, a, problem.eta);
     let x = initialise(
         &counted,
@@ -153,6 +178,7 @@ pub fn sample(
         h,
         cfg.steps,
         s_sigma,
+        integrator,
         streams,
         "ula",
         1,
@@ -164,6 +190,7 @@ pub fn sample(
         score_evals: counted.evals(),
         info: Info {
             steps: Some(vec![h]),
+            integrator: Some(integrator_note),
             ..Default::default()
         },
     })
