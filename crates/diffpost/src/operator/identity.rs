@@ -23,6 +23,7 @@ impl Identity {
 impl super::GramSpectrum for Identity {
     /// `A^T A = I`: `f(1) x`.
     fn gram_fn(&self, x: &Tensor, f: &dyn Fn(f64) -> f64) -> Result<Tensor> {
+        check_in(self, x)?;
         Ok((x * f(1.0))?)
     }
     fn eigenvalues(&self) -> Result<Vec<f64>> {

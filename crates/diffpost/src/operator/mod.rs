@@ -30,9 +30,24 @@ pub trait GramSpectrum: Send + Sync {
 }
 
 /// `f(diag(w)) x = x * f(w)` for a normal operator that is diagonal in the pixel basis
-/// (identity, masks, boxes): `w` holds the diagonal, `[d]`.
+/// (identity, masks, boxes): `w` holds the diagonal, `[d]`. `f` is evaluated once per distinct
+/// value while there are few of them (0/1 masks: twice per call, not `d` times).
 pub(crate) fn diagonal_gram_fn(x: &Tensor, w: &[f64], f: &dyn Fn(f64) -> f64) -> Result<Tensor> {
-    let fw: Vec<f64> = w.iter().map(|&v| f(v)).collect();
+    let mut seen: Vec<(u64, f64)> = Vec::with_capacity(4);
+    let fw: Vec<f64> = w
+        .iter()
+        .map(|&v| {
+            let bits = v.to_bits();
+            if let Some(&(_, fv)) = seen.iter().find(|(b, _)| *b == bits) {
+                return fv;
+            }
+            let fv = f(v);
+            if seen.len() < 4 {
+                seen.push((bits, fv));
+            }
+            fv
+        })
+        .collect();
     let t = Tensor::from_vec(fw, (1, w.len()), x.device())?.to_dtype(x.dtype())?;
     Ok(x.broadcast_mul(&t)?)
 }

@@ -8,6 +8,11 @@
 //! exact (circular correlation, i.e. convolution with the flipped kernel) and `||A|| = max |K|`
 //! (1 for a normalised non-negative kernel such as the Gaussian).
 //!
+//! Normal operator: `A^T A = F^-1 diag(|K|^2) F` per channel, whichever path evaluates `A`
+//! (both compute the same circular convolution). [`GramSpectrum`] applies
+//! `f(A^T A) x = Re(F^-1 diag(f(|K|^2)) F x)` with `|K|^2` cached at construction: two FFTs per
+//! channel (the imaginary part is round-off, `|K|^2` being even for a real kernel).
+//!
 //! Two evaluation paths with the same result, both on the CPU (rows in parallel; tensors on
 //! another device make a round trip) and differentiable through a custom op whose backward pass
 //! is the adjoint: `Direct` (spatial sums with wrap-around indices, cost `s^2` per pixel) and
@@ -29,7 +34,7 @@ use rustfft::num_complex::Complex64;
 
 use super::fft2::Fft2;
 use super::{check_image_shape, map_forward, map_rows_plain, map_transpose, RowMap};
-use crate::operator::{check_in, check_out, LinearOperator};
+use crate::operator::{check_in, check_out, GramSpectrum, LinearOperator};
 use crate::{Error, Result};
 
 /// How [`Blur`] evaluates the convolution.
@@ -61,6 +66,8 @@ pub struct Blur {
     /// Fourier multiplier `K` for the FFT path.
     spectrum: Arc<dyn RowMap>,
     fourier: Arc<FourierMultiplier>,
+    /// `|K|^2` on the `H x W` frequency grid (plain DFT order): the eigenvalues of `A^T A`.
+    gram: Vec<f64>,
     pinv_eps: f64,
     label: String,
 }
@@ -157,6 +164,7 @@ impl Blur {
         }
         let fft = Fft2::new(h, w);
         fft.process(&mut kt, false);
+        let gram: Vec<f64> = kt.iter().map(|z| z.norm_sqr()).collect();
         let fourier = Arc::new(FourierMultiplier {
             c,
             h,
@@ -173,6 +181,7 @@ impl Blur {
             spatial,
             spectrum,
             fourier,
+            gram,
             pinv_eps: DEFAULT_PINV_EPS,
             label: format!("blur[{s}x{s}]"),
         };
@@ -227,6 +236,26 @@ impl Blur {
     }
 }
 
+impl GramSpectrum for Blur {
+    /// `Re(F^-1 diag(f(|K|^2)) F x)` per channel (rows in parallel on the CPU).
+    fn gram_fn(&self, x: &Tensor, f: &dyn Fn(f64) -> f64) -> Result<Tensor> {
+        check_in(self, x)?;
+        let filter: Vec<Complex64> = self
+            .gram
+            .iter()
+            .map(|&l| Complex64::new(f(l), 0.0))
+            .collect();
+        let fm = &self.fourier;
+        map_rows_plain(x, self.in_dim(), |xr, yr| {
+            fm.multiply(&filter, false, xr, yr)
+        })
+    }
+    /// `|K|^2` at every frequency of every channel (`C H W` values, with repetition).
+    fn eigenvalues(&self) -> Result<Vec<f64>> {
+        Ok(self.gram.repeat(self.shape[0]))
+    }
+}
+
 impl LinearOperator for Blur {
     fn in_dim(&self) -> usize {
         self.shape.iter().product()
@@ -268,6 +297,9 @@ impl LinearOperator for Blur {
     }
     fn image_shape(&self) -> Option<[usize; 3]> {
         Some(self.shape)
+    }
+    fn gram_spectrum(&self) -> Option<&dyn GramSpectrum> {
+        Some(self)
     }
 }
 

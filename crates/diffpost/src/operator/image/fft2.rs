@@ -60,6 +60,41 @@ impl Fft2 {
         }
     }
 
+    /// `y = Re(F_H^-1 diag(g) F_H x)` on every column of the real `H x W` plane `x`: a circular
+    /// filter along H only (plain DFT order, `g[k]` the multiplier of frequency `k` mod H,
+    /// `1/H` included), two 1-D transforms per column.
+    pub(crate) fn filter_columns(&self, g: &[f64], x: &[f64], y: &mut [f64]) {
+        let (h, w) = (self.h, self.w);
+        debug_assert_eq!(g.len(), h);
+        // Columns made contiguous: t[j * H + i] = x[i, j].
+        let mut t = vec![Complex64::new(0.0, 0.0); h * w];
+        for i in 0..h {
+            for j in 0..w {
+                t[j * h + i] = Complex64::new(x[i * w + j], 0.0);
+            }
+        }
+        let n = self
+            .fwd_h
+            .get_inplace_scratch_len()
+            .max(self.inv_h.get_inplace_scratch_len());
+        let mut scratch = vec![Complex64::new(0.0, 0.0); n];
+        let s = self.fwd_h.get_inplace_scratch_len();
+        self.fwd_h.process_with_scratch(&mut t, &mut scratch[..s]);
+        let scale = 1.0 / h as f64;
+        for col in t.chunks_mut(h) {
+            for (z, &gk) in col.iter_mut().zip(g) {
+                *z *= gk * scale;
+            }
+        }
+        let s = self.inv_h.get_inplace_scratch_len();
+        self.inv_h.process_with_scratch(&mut t, &mut scratch[..s]);
+        for i in 0..h {
+            for j in 0..w {
+                y[i * w + j] = t[j * h + i].re;
+            }
+        }
+    }
+
     /// Centred orthonormal 2-D DFT in place: `fftshift(fft2(ifftshift(x))) / sqrt(H W)`
     /// forward, its adjoint `fftshift(ifft2_unnormalised(ifftshift(X))) / sqrt(H W)` inverse.
     /// Index `u` stands for frequency `u - H/2` (integer division), pixel `p` for `p - H/2`.

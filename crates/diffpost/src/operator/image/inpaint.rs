@@ -4,13 +4,15 @@
 //! `y` holds the observed entries only, like [`crate::operator::Mask`]: `m = C * (observed
 //! pixels)`, in increasing flat index order (channel-major: all observed pixels of channel 0,
 //! then of channel 1, ...). `A A^T = I`, so `||A|| = 1` and `A^+ = A^T` (zero-fill).
+//! `A^T A = diag(observed)` (0/1 per entry), the [`GramSpectrum`] used by exact-likelihood
+//! integrators.
 
 use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::check_image_shape;
-use crate::operator::{check_in, check_out, LinearOperator};
+use crate::operator::{check_in, check_out, diagonal_gram_fn, GramSpectrum, LinearOperator};
 use crate::{Error, Result};
 
 /// Pixel-mask inpainting on `[C, H, W]` images.
@@ -18,6 +20,8 @@ pub struct Inpaint {
     shape: [usize; 3],
     sel: Vec<usize>,
     idx: Tensor,
+    /// The diagonal of `A^T A`, `[C H W]`: 1 on observed entries, 0 on missing ones.
+    diag: Vec<f64>,
     label: String,
 }
 
@@ -128,10 +132,15 @@ impl Inpaint {
             sel.len(),
             &Device::Cpu,
         )?;
+        let mut diag = vec![0.0; shape.iter().product()];
+        for &i in &sel {
+            diag[i] = 1.0;
+        }
         Ok(Self {
             shape,
             sel,
             idx,
+            diag,
             label,
         })
     }
@@ -144,6 +153,19 @@ impl Inpaint {
             o[i] = true;
         }
         o
+    }
+}
+
+impl GramSpectrum for Inpaint {
+    /// `A^T A = diag(observed)`: `f(1) x` on observed entries, `f(0) x` on missing ones.
+    fn gram_fn(&self, x: &Tensor, f: &dyn Fn(f64) -> f64) -> Result<Tensor> {
+        check_in(self, x)?;
+        diagonal_gram_fn(&x.to_dtype(DType::F64)?, &self.diag, f)
+    }
+    /// The diagonal itself (`C H W` values, with repetition): 1 per observed entry, 0 per
+    /// missing one.
+    fn eigenvalues(&self) -> Result<Vec<f64>> {
+        Ok(self.diag.clone())
     }
 }
 
@@ -181,5 +203,8 @@ impl LinearOperator for Inpaint {
     }
     fn image_shape(&self) -> Option<[usize; 3]> {
         Some(self.shape)
+    }
+    fn gram_spectrum(&self) -> Option<&dyn GramSpectrum> {
+        Some(self)
     }
 }

@@ -7,7 +7,9 @@
 //! - `apply` is differentiable through candle autograd (DPS needs it): [`Inpaint`] and
 //!   [`SuperRes`] are candle ops (any device); [`Blur`] and [`Mri`] run on the CPU (rayon over
 //!   the batch) as a custom op whose backward pass is the adjoint (and vice versa), moving data
-//!   to and from the caller's device.
+//!   to and from the caller's device;
+//! - every operator but multi-coil [`Mri`] implements [`super::GramSpectrum`] (`f(A^T A) x` in
+//!   the eigenbasis of the normal operator: pixels, blocks, 2-D or 1-D Fourier modes).
 //!
 //! Operators: [`Inpaint`] (random pixels or a box missing), [`SuperRes`] (k x k average
 //! pooling), [`Blur`] (circular convolution, direct or FFT), [`Mri`] (Cartesian-undersampled

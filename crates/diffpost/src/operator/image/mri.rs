@@ -22,6 +22,17 @@
 //! (e.g. the DC entry of a real image is real), so `A A^+ y = y` holds for `y` in the range
 //! of `A`. `||A|| = 1` when a self-symmetric row (the DC row `H/2`, or row 0 for even H) is kept,
 //! else `1/sqrt(2)`. Multi-coil: CGLS (the trait default).
+//!
+//! Normal operator ([`GramSpectrum`], single coil only). For real `x`, `A^T A x = Re(F^H M F x)`
+//! with `M` the 0/1 row mask on k-space; since `conj(F^H Z) = F^H Z'` with `Z'[k] =
+//! conj(Z[-k])` and `F x` is Hermitian-symmetric, `A^T A = F^H diag(M_s) F` with `M_s[u] =
+//! (M[u] + M[-u]) / 2` in {0, 1/2, 1}, `-u` the centred row [`reflect`]`(u, H)` (rows `H/2` and,
+//! for even H, 0 are their own reflections). So `f(A^T A) x = Re(F^H diag(f(M_s)) F x)`, the
+//! imaginary part being round-off as `M_s` is even. As `M_s` depends on the row only and the
+//! centring shifts commute with circular filters, this is a plain 1-D circular filter along H
+//! on every column (two 1-D FFTs per column). Multi-coil (any sensitivities, even one
+//! coil): `A^T A = sum_c Re(conj(S_c) F^H M F S_c .)` mixes frequencies through the
+//! sensitivities and has no fast eigenbasis, so [`LinearOperator::gram_spectrum`] is `None`.
 
 use std::sync::Arc;
 
@@ -32,7 +43,7 @@ use rustfft::num_complex::Complex64;
 
 use super::fft2::{reflect, Fft2};
 use super::{check_image_shape, map_forward, map_rows_plain, map_transpose, RowMap};
-use crate::operator::{check_in, check_out, LinearOperator};
+use crate::operator::{check_in, check_out, GramSpectrum, LinearOperator};
 use crate::{Error, Result};
 
 /// Cartesian-undersampled Fourier operator on real `[1, H, W]` images.
@@ -218,6 +229,57 @@ fn check_mri_shape(shape: [usize; 3]) -> Result<()> {
     Ok(())
 }
 
+impl Mri {
+    /// `M_s[u] = (M[u] + M[-u]) / 2` per k-space row (centred index): the eigenvalue of
+    /// `A^T A` on the W Fourier modes of row `u` (single coil).
+    fn symmetrised_mask(&self) -> Vec<f64> {
+        let h = self.map.h;
+        let m = &self.map.row_mask;
+        (0..h)
+            .map(|u| (m[u] as u8 + m[reflect(u, h)] as u8) as f64 / 2.0)
+            .collect()
+    }
+}
+
+impl GramSpectrum for Mri {
+    /// `Re(F^H diag(f(M_s)) F x)` (single coil; rows in parallel on the CPU). Errors for
+    /// multi-coil operators, which have no such decomposition.
+    fn gram_fn(&self, x: &Tensor, f: &dyn Fn(f64) -> f64) -> Result<Tensor> {
+        check_in(self, x)?;
+        if self.map.sens.is_some() {
+            return Err(Error::param(
+                "operator",
+                "multi-coil MRI has no fast eigen-decomposition of A^T A",
+            ));
+        }
+        // The multiplier depends on the k-space row only, so f(A^T A) acts along H alone, and
+        // the centring shifts (cyclic) commute with that circular filter: plain frequency k is
+        // centred row (k + H/2) mod H.
+        let h = self.map.h;
+        let ms = self.symmetrised_mask();
+        let g: Vec<f64> = (0..h).map(|k| f(ms[(k + h / 2) % h])).collect();
+        let map = &self.map;
+        map_rows_plain(x, self.in_dim(), |xr, yr| {
+            map.fft.filter_columns(&g, xr, yr)
+        })
+    }
+    /// `M_s[u]` for every k-space row `u`, each W times (`H W` values, with repetition).
+    fn eigenvalues(&self) -> Result<Vec<f64>> {
+        if self.map.sens.is_some() {
+            return Err(Error::param(
+                "operator",
+                "multi-coil MRI has no fast eigen-decomposition of A^T A",
+            ));
+        }
+        let w = self.map.w;
+        Ok(self
+            .symmetrised_mask()
+            .into_iter()
+            .flat_map(|v| std::iter::repeat_n(v, w))
+            .collect())
+    }
+}
+
 impl LinearOperator for Mri {
     fn in_dim(&self) -> usize {
         self.map.h * self.map.w
@@ -248,6 +310,15 @@ impl LinearOperator for Mri {
     }
     fn image_shape(&self) -> Option<[usize; 3]> {
         Some(self.shape)
+    }
+    /// Single coil: `F^H diag(M_s) F` (see the module doc). Multi-coil: `None`, since
+    /// `A^T A = sum_c Re(conj(S_c) F^H M F S_c .)` is not diagonal in any fast basis.
+    fn gram_spectrum(&self) -> Option<&dyn GramSpectrum> {
+        if self.map.sens.is_some() {
+            None
+        } else {
+            Some(self)
+        }
     }
 }
 
