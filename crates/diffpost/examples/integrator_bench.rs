@@ -74,7 +74,13 @@ fn main() {
                     let op = Mask::from_indicator(&ind).unwrap();
                     let mut s = SampleStreams::new(11, [0]);
                     let x = inst.prior.sample_exact(&mut s).unwrap();
-                    let ax: Vec<f64> = op.apply(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                    let ax: Vec<f64> = op
+                        .apply(&x)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap();
                     let noise = s.normal_vec(ax.len());
                     let y = ax.iter().zip(&noise).map(|(a, z)| a + eta * z).collect();
                     (inst.prior, Box::new(op), y)
@@ -112,7 +118,11 @@ fn main() {
                 }
                 println!(
                     "| {problem} | {eta} | {} | {} | {} |",
-                    if sampler == "annealed" { "Alg. 1 (10 stages)" } else { "ULA" },
+                    if sampler == "annealed" {
+                        "Alg. 1 (10 stages)"
+                    } else {
+                        "ULA"
+                    },
                     cells[0],
                     cells[1]
                 );

@@ -132,6 +132,7 @@ fn annealed_survives_shell_trap_where_ula_is_captured() {
         init,
         l_prior: None,
         score_sigma: None,
+        ..Default::default()
     };
     let u = ula::sample(
         &problem,

@@ -305,6 +305,7 @@ pub mod run {
             init: Init::ExactPrior,
             l_prior: None,
             score_sigma: None,
+            ..Default::default()
         }
     }
 
