@@ -185,3 +185,44 @@ fn at_moderate_noise_it_is_no_worse_than_euler() {
         "exact-likelihood {new:.2}x vs euler {old:.2}x"
     );
 }
+
+#[test]
+fn smc_moves_mix_at_small_noise_with_it() {
+    // A stiff three-component mixture (d = 20, m = 10, eta = 0.01), as `diffpost problem gmm
+    // --d 20 --m 10 --k 3 --eta 0.01 --seed 2`.
+    let eta = 0.01;
+    let inst = random_gmm_instance(20, 10, 3, eta, 2).unwrap();
+    let op = Dense::new(inst.a.clone()).unwrap();
+    let n = 1000;
+    let (post, _) = inst
+        .prior
+        .posterior_and_evidence(&op, inst.y.as_slice(), eta)
+        .unwrap();
+    let (reference, floors) = exact_reference(&post, n, 20_000).unwrap();
+    let check = |spec: &str| {
+        let (x, evals) = run(&inst.prior, &op, &inst.y, eta, spec, n, 7);
+        let m = reference.evaluate(&x).unwrap().with_floor(&floors);
+        let xt = Tensor::from_vec(x.clone(), (n, 20), &Device::Cpu).unwrap();
+        let tv = diffpost::metrics::mode_weight_tv_with_floor(&post, &xt, 10).unwrap();
+        (m.sw2.value / m.sw2.floor_mean, tv, evals)
+    };
+    let (new, tv, e_new) = check(
+        "kind = \"smc\"\nintegrator = \"exact-likelihood\"\nmoves_per_stage = 20\nfinal_moves = 100",
+    );
+    let (old, tv_old, e_old) = check("kind = \"smc\"");
+    eprintln!(
+        "stiff mixture: smc exact-likelihood {new:.2}x, TV {:.4} at {e_new}; smc MALA {old:.2}x, TV {:.4} at {e_old}",
+        tv.value, tv_old.value
+    );
+    assert!(new <= 1.3, "exact-likelihood moves: {new:.2}x the floor");
+    assert!(
+        tv.value <= tv.floor_mean + 3.0 * tv.floor_sd,
+        "mode TV {} (floor {} sd {})",
+        tv.value,
+        tv.floor_mean,
+        tv.floor_sd
+    );
+    assert!(e_new * 4 <= e_old, "{e_new} vs {e_old}");
+    // The companion: MALA moves (the default) with five times the evaluations do not mix here.
+    assert!(old > 1.3, "MALA moves: {old:.2}x (the check cannot fail)");
+}
