@@ -2,6 +2,7 @@
 // `!(x > 0.0)` is deliberate throughout: it also rejects NaN.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+mod bench_integrator;
 mod bench_posterior;
 mod commands;
 mod demo_images;
@@ -265,6 +266,15 @@ enum BenchKind {
         #[arg(long, default_value = "data")]
         data: PathBuf,
     },
+    /// Euler against the exact-likelihood integrator: evaluations per sample to 1.2x the
+    /// sliced-W2 floor on exact posteriors; writes OUT/integrator.{md,json,png}.
+    Integrator {
+        /// Compressed sensing at eta = 0.01 only (a minute).
+        #[arg(long)]
+        quick: bool,
+        #[arg(long, default_value = "bench_integrator")]
+        out: PathBuf,
+    },
     /// One exact GMM score evaluation (full covariances), median over repeats.
     Score {
         #[arg(long, default_value_t = 100)]
@@ -454,6 +464,9 @@ fn main() {
             out: &out,
             data: &data,
         }),
+        Cmd::Bench {
+            what: BenchKind::Integrator { quick, out },
+        } => bench_integrator::run(quick, &out),
         Cmd::Bench {
             what:
                 BenchKind::Score {

@@ -298,6 +298,34 @@ fn bench_posterior_quick_runs() {
 }
 
 #[test]
+fn bench_integrator_quick_runs() {
+    let dir = tmpdir("bench_integrator");
+    ok(bin()
+        .args(["bench", "integrator", "--quick", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap());
+    for f in ["integrator.md", "integrator.json", "integrator.png"] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("integrator.json")).unwrap())
+            .unwrap();
+    let rows = j.as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    // Per sampler: Euler then exact-likelihood; the latter meets the target with at most a
+    // quarter of Euler's evaluations (or Euler never does).
+    for pair in rows.chunks(2) {
+        let new = pair[1]["evals_to_target"]
+            .as_u64()
+            .expect("exact-likelihood meets 1.2x");
+        if let Some(old) = pair[0]["evals_to_target"].as_u64() {
+            assert!(old >= 4 * new, "{old} vs {new}");
+        }
+    }
+}
+
+#[test]
 fn the_whole_config_is_validated_before_anything_is_loaded() {
     // A missing prior file and a typo in [sampler]: the typo is reported (nothing was read yet).
     let (dir, cfg) = setup("order", "kind = \"annealed\"\nstagez = 3", 0);

@@ -7,6 +7,7 @@
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 pub mod bench;
+pub mod bench_integrator;
 pub mod commit;
 pub mod config;
 pub mod error;
