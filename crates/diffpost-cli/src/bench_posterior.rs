@@ -14,6 +14,8 @@ pub struct Opts<'a> {
     pub budget: u64,
     pub out: &'a Path,
     pub data: &'a Path,
+    /// For annealed, ula and smc (default: each sampler's own default, Euler).
+    pub integrator: Option<diffpost::sampler::integrator::Integrator>,
 }
 
 pub fn run(o: &Opts) -> Result<()> {
@@ -62,12 +64,18 @@ pub fn run(o: &Opts) -> Result<()> {
         ),
     }
     };
-    let mut rows = bench::run(&problems, &bench::samplers(None)?, "defaults", n, print)?;
+    let mut rows = bench::run(
+        &problems,
+        &bench::samplers(None, o.integrator)?,
+        "defaults",
+        n,
+        print,
+    )?;
     if !o.quick {
         let setting = format!("budget {}", o.budget);
         rows.extend(bench::run(
             &problems,
-            &bench::samplers(Some(o.budget))?,
+            &bench::samplers(Some(o.budget), o.integrator)?,
             &setting,
             n,
             print,
@@ -75,8 +83,15 @@ pub fn run(o: &Opts) -> Result<()> {
     }
     std::fs::create_dir_all(o.out)?;
     let md = format!(
-        "`diffpost bench posterior{}` (n = {n}, seed 1; {:.0} s)\n\n{}",
+        "`diffpost bench posterior{}{}` (n = {n}, seed 1; {:.0} s)\n\n{}",
         if o.quick { " --quick" } else { "" },
+        match o.integrator {
+            Some(diffpost::sampler::integrator::Integrator::ExactLikelihood) => {
+                " --integrator exact-likelihood"
+            }
+            Some(diffpost::sampler::integrator::Integrator::Euler) => " --integrator euler",
+            None => "",
+        },
         t0.elapsed().as_secs_f64(),
         bench::markdown(&rows)
     );

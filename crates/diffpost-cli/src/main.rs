@@ -265,6 +265,9 @@ enum BenchKind {
         /// Folder with digits_gmm.npz and digits_test100.npy.
         #[arg(long, default_value = "data")]
         data: PathBuf,
+        /// Integrator of annealed, ula and smc: euler or exact-likelihood (default: theirs).
+        #[arg(long)]
+        integrator: Option<String>,
     },
     /// Euler against the exact-likelihood integrator: evaluations per sample to 1.2x the
     /// sliced-W2 floor on exact posteriors; writes OUT/integrator.{md,json,png}.
@@ -456,14 +459,25 @@ fn main() {
                     budget,
                     out,
                     data,
+                    integrator,
                 },
-        } => bench_posterior::run(&bench_posterior::Opts {
-            quick,
-            n,
-            budget,
-            out: &out,
-            data: &data,
-        }),
+        } => (|| {
+            let integrator = integrator
+                .map(|s| {
+                    serde_json::from_value(serde_json::Value::String(s.clone())).map_err(|_| {
+                        anyhow::anyhow!("--integrator {s}: expected euler or exact-likelihood")
+                    })
+                })
+                .transpose()?;
+            bench_posterior::run(&bench_posterior::Opts {
+                quick,
+                n,
+                budget,
+                out: &out,
+                data: &data,
+                integrator,
+            })
+        })(),
         Cmd::Bench {
             what: BenchKind::Integrator { quick, out },
         } => bench_integrator::run(quick, &out),

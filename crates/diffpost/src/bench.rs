@@ -137,9 +137,29 @@ pub fn problems(data: &Path, quick: bool) -> Result<Vec<BenchProblem>> {
 
 /// The samplers: every method at its defaults, or at an equal budget of `budget` score
 /// evaluations per sample (SMC keeps its adaptive defaults: its count is reported).
-pub fn samplers(budget: Option<u64>) -> Result<Vec<(String, SamplerSpec)>> {
+pub fn samplers(
+    budget: Option<u64>,
+    integrator: Option<crate::sampler::integrator::Integrator>,
+) -> Result<Vec<(String, SamplerSpec)>> {
+    // The Langevin samplers with an integrator (annealed, ula, smc) get it.
+    let with = match integrator {
+        Some(i) => format!(
+            "\nintegrator = {}",
+            serde_json::to_string(&i).map_err(|e| Error::param("bench", e.to_string()))?
+        ),
+        None => String::new(),
+    };
     let t = |s: &str| -> Result<SamplerSpec> {
-        let t: toml::Table = toml::from_str(s).map_err(|e| Error::param("bench", e.to_string()))?;
+        let s = if ["annealed", "ula", "smc"]
+            .iter()
+            .any(|k| s.starts_with(&format!("kind = \"{k}\"")))
+        {
+            format!("{s}{with}")
+        } else {
+            s.to_string()
+        };
+        let t: toml::Table =
+            toml::from_str(&s).map_err(|e| Error::param("bench", e.to_string()))?;
         SamplerSpec::from_table(&t)
     };
     let kinds = [
