@@ -89,6 +89,9 @@ pub fn run(o: &Opts) -> Result<()> {
             Some(diffpost::sampler::integrator::Integrator::ExactLikelihood) => {
                 " --integrator exact-likelihood"
             }
+            Some(diffpost::sampler::integrator::Integrator::ExactLikelihoodStrang) => {
+                " --integrator exact-likelihood-strang"
+            }
             Some(diffpost::sampler::integrator::Integrator::Euler) => " --integrator euler",
             None => "",
         },

@@ -170,6 +170,19 @@ fn at_small_noise_a_quarter_of_the_evaluations_suffice() {
         old > 1.3,
         "euler at {e_old} evaluations: {old:.2}x (the check cannot fail)"
     );
+    // The Strang variant (Eq. 39) at the same budget.
+    let (strang, e_s) = sw2_over_floor(
+        &prior,
+        &op,
+        &y,
+        eta,
+        &annealed(10, 20, "exact-likelihood-strang"),
+    );
+    eprintln!("eta 0.01: exact-likelihood-strang {strang:.2}x at {e_s}");
+    assert!(
+        e_s == e_new && strang <= 1.3,
+        "strang: {strang:.2}x at {e_s}"
+    );
 }
 
 #[test]

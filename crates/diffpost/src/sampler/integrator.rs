@@ -30,12 +30,21 @@ pub enum Integrator {
     /// Prior Euler step, then the likelihood's Ornstein-Uhlenbeck flow integrated exactly
     /// (needs the operator's [`GramSpectrum`]; others fall back to Euler, reported).
     ExactLikelihood,
+    /// Strang splitting the other way round: the likelihood's exact flow for `h/2`, a prior
+    /// Euler step `h`, the flow for `h/2` again (Eq. 39): still one score evaluation per step,
+    /// two normal draws.
+    ExactLikelihoodStrang,
 }
 
 impl Integrator {
     /// Whether the likelihood caps the step (`||A||` enters the step rule).
     pub fn likelihood_in_step(&self) -> bool {
         matches!(self, Integrator::Euler)
+    }
+
+    /// Whether the step uses the operator's spectrum.
+    pub fn needs_spectrum(&self) -> bool {
+        !self.likelihood_in_step()
     }
 }
 

@@ -127,7 +127,10 @@ impl<'a> Problem<'a> {
             ExactLikelihood if self.op.gram_spectrum().is_some() => {
                 (ExactLikelihood, "exact-likelihood".into())
             }
-            ExactLikelihood => (
+            ExactLikelihoodStrang if self.op.gram_spectrum().is_some() => {
+                (ExactLikelihoodStrang, "exact-likelihood-strang".into())
+            }
+            ExactLikelihood | ExactLikelihoodStrang => (
                 Euler,
                 format!(
                     "euler (exact-likelihood asked, but operator `{}` has no fast A^T A spectrum)",

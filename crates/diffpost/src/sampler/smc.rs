@@ -451,7 +451,7 @@ fn population(
     let eta = problem.eta;
     let m = problem.op.out_dim() as f64;
     let device = problem.device();
-    let exact_lik = cfg.integrator == Integrator::ExactLikelihood;
+    let exact_lik = cfg.integrator.needs_spectrum();
     if exact_lik && cfg.kernel == Some(MoveKernel::Mala) {
         return Err(Error::param(
             "sampler.integrator",

@@ -114,11 +114,26 @@ pub(crate) fn langevin(
         (Integrator::ExactLikelihood, Some(spec)) => {
             Some(LikelihoodFlow::new(problem.op, spec, y_target, eta, h)?)
         }
+        (Integrator::ExactLikelihoodStrang, Some(spec)) => Some(LikelihoodFlow::new(
+            problem.op,
+            spec,
+            y_target,
+            eta,
+            h / 2.0,
+        )?),
         _ => None,
     };
+    let strang = integrator == Integrator::ExactLikelihoodStrang;
     for k in 0..steps {
         let z = streams.randn(&shape, x.device())?;
         x = match &flow {
+            // Eq. 39: flow h/2, prior step h, flow h/2.
+            Some(flow) if strang => {
+                let x1 = flow.step(&x, &z)?;
+                let x2 = (&x1 + (prior.score(&x1, score_sigma)? * h)?)?;
+                let z2 = streams.randn(&shape, x.device())?;
+                flow.step(&x2, &z2)?
+            }
             Some(flow) => {
                 let xp = (&x + (prior.score(&x, score_sigma)? * h)?)?;
                 flow.step(&xp, &z)?
