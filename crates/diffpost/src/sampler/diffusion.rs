@@ -147,7 +147,7 @@ pub(crate) fn run(
     let mut x = prior.diffusion_start(&z, sig[0])?;
     let n = sig.len();
     let total = cfg.evals();
-    let scale = health::prior_scale(prior);
+    let scale = prior.scale();
     let check = |x: &Tensor, sigma: f64, i: usize| health::check_scale(x, scale, sigma, name, 0, i);
     match cfg.method {
         Method::Sde => {

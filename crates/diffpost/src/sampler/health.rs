@@ -3,7 +3,7 @@
 //!
 //! The problem's scale is per coordinate (RMS of `x`):
 //! `s = sqrt(s_prior^2 + (|y| / (||A|| sqrt d))^2)`, the prior's own spread
-//! ([`Denoiser::scale`]) and the least norm any `x` with `A x ≈ y` has. A chain at diffusion level
+//! (`Denoiser::scale`) and the least norm any `x` with `A x ≈ y` has. A chain at diffusion level
 //! `sigma` may add `sigma`. A sample whose RMS exceeds `SCALE_FACTOR sqrt(s^2 + sigma^2)`, or that is
 //! not finite, has diverged: an unstable step grows geometrically, so it passes this bound within
 //! a few steps of losing stability, while no sample of the posterior (or of a diffused prior) comes
@@ -11,7 +11,6 @@
 
 use candle_core::{DType, Tensor};
 
-use crate::prior::Denoiser;
 use crate::{Error, Result};
 
 /// How far (a factor on the problem's scale) a sample may go before the run is failed.
@@ -19,11 +18,6 @@ pub const SCALE_FACTOR: f64 = 100.0;
 
 /// How often (in steps) Langevin and diffusion loops check the chains, besides their last step.
 pub const CHECK_EVERY: usize = 10;
-
-/// The per-coordinate scale of a prior-only problem (diffusion sampling): [`Denoiser::scale`].
-pub fn prior_scale(prior: &dyn Denoiser) -> f64 {
-    prior.scale()
-}
 
 /// Fails with [`Error::Diverged`] when a row of `x: [B, d]` is not finite or its RMS exceeds
 /// `SCALE_FACTOR sqrt(scale^2 + sigma^2)`.

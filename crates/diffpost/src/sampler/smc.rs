@@ -416,17 +416,10 @@ fn sample_impl(
         score_evals: evals,
         info: Info {
             acceptance: (!accs.is_empty()).then(|| accs.iter().sum::<f64>() / accs.len() as f64),
-            integrator: Some(
-                if cfg.kernel == Some(MoveKernel::Mala)
-                    || (cfg.kernel.is_none()
-                        && cfg.integrator == Integrator::Euler
-                        && log_density.is_some())
-                {
-                    "mala moves".into()
-                } else {
-                    problem.integrator(cfg.integrator).1
-                },
-            ),
+            integrator: Some(match move_kernel(cfg, log_density.is_some())? {
+                MoveKernel::Mala => "mala moves".into(),
+                MoveKernel::Ula => problem.integrator(cfg.integrator).1,
+            }),
             smc: Some(traces),
             ..Default::default()
         },
@@ -435,6 +428,23 @@ fn sample_impl(
             weights: Tensor::cat(&weights, 0)?,
         }),
     })
+}
+
+/// The move kernel: `kernel` if set, else MALA where the prior has a log-density and the
+/// integrator is Euler, ULA otherwise. The exact-likelihood integrators apply to ULA moves only.
+fn move_kernel(cfg: &SmcConfig, has_log_density: bool) -> Result<MoveKernel> {
+    let exact_lik = cfg.integrator.needs_spectrum();
+    if exact_lik && cfg.kernel == Some(MoveKernel::Mala) {
+        return Err(Error::param(
+            "sampler.integrator",
+            "exact-likelihood applies to ULA moves (kernel = \"ula\")",
+        ));
+    }
+    Ok(cfg.kernel.unwrap_or(if has_log_density && !exact_lik {
+        MoveKernel::Mala
+    } else {
+        MoveKernel::Ula
+    }))
 }
 
 /// One population: `(particles reweighted to lambda = 1, their weights, output, trace)`.
@@ -451,20 +461,7 @@ fn population(
     let eta = problem.eta;
     let m = problem.op.out_dim() as f64;
     let device = problem.device();
-    let exact_lik = cfg.integrator.needs_spectrum();
-    if exact_lik && cfg.kernel == Some(MoveKernel::Mala) {
-        return Err(Error::param(
-            "sampler.integrator",
-            "exact-likelihood applies to ULA moves (kernel = \"ula\")",
-        ));
-    }
-    let kernel = cfg
-        .kernel
-        .unwrap_or(if log_density.is_some() && !exact_lik {
-            MoveKernel::Mala
-        } else {
-            MoveKernel::Ula
-        });
+    let kernel = move_kernel(cfg, log_density.is_some())?;
     let log_density = match (kernel, log_density) {
         (MoveKernel::Mala, None) => {
             return Err(Error::param(
