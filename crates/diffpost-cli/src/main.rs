@@ -198,6 +198,10 @@ enum Cmd {
         /// SMC Langevin moves per stage (4x as many at the end).
         #[arg(long, default_value_t = 20)]
         moves_per_stage: usize,
+        /// More SMC settings as TOML `key = value` pairs separated by `;` (they override the
+        /// defaults of this command), e.g. `--smc 'score_sigma = 0.2; integrator = "exact-likelihood-strang"'`.
+        #[arg(long, default_value = "")]
+        smc: String,
         /// The hidden half: left, right, top or bottom.
         #[arg(long, default_value = "right")]
         hide: String,
@@ -438,6 +442,7 @@ fn main() {
             particles,
             dps_steps,
             moves_per_stage,
+            smc,
             hide,
         } => modes::run(&modes::Opts {
             model,
@@ -449,6 +454,7 @@ fn main() {
             particles,
             dps_steps,
             moves_per_stage,
+            smc,
             hide,
         }),
         Cmd::Bench {

@@ -30,6 +30,8 @@ pub struct Opts {
     pub particles: Option<usize>,
     pub dps_steps: usize,
     pub moves_per_stage: usize,
+    /// More `[sampler]` settings of SMC (`key = value; ...`), overriding this command's.
+    pub smc: String,
     /// Which half is hidden: left, right, top, bottom.
     pub hide: String,
 }
@@ -132,11 +134,15 @@ pub fn run(o: &Opts) -> Result<()> {
 
     // SMC: one population of n particles from the diffusion start, ULA moves on the score at 0.05.
     let t = Instant::now();
-    let smc_spec = SamplerSpec::from_table(&toml::from_str::<toml::Table>(&format!(
+    let mut smc_table = toml::from_str::<toml::Table>(&format!(
         "kind = \"smc\"\nmoves_per_stage = {}\nfinal_moves = {}\nscore_sigma = 0.05\nfinal_denoise = true\ninit_steps = 200",
         o.moves_per_stage,
         4 * o.moves_per_stage
-    ))?)?;
+    ))?;
+    let extra = toml::from_str::<toml::Table>(&o.smc.replace(';', "\n"))
+        .map_err(|e| anyhow::anyhow!("--smc: {e}"))?;
+    smc_table.extend(extra);
+    let smc_spec = SamplerSpec::from_table(&smc_table)?;
     let particles = o.particles.unwrap_or(o.n);
     let smc = RunContext::new(parts, &smc_spec)?.run(&RunPlan::new(particles, 0), &NoProgress)?;
     let t_smc = t.elapsed().as_secs_f64();
@@ -217,7 +223,7 @@ pub fn run(o: &Opts) -> Result<()> {
             .join(", ")
     };
     let md = format!(
-        "MNIST test digit {} (label {}), {} half hidden, eta = {eta}, {} samples per method (`diffpost modes --index {} --hide {} --particles {particles} --moves-per-stage {}`, {:.0} s).\n\
+        "MNIST test digit {} (label {}), {} half hidden, eta = {eta}, {} samples per method (`diffpost modes --index {} --hide {} --particles {particles} --moves-per-stage {}{}`, {:.0} s).\n\
          Samples grouped by the label of their nearest labelled held-out digit.\n\n\
          | method | samples | evaluations per sample | wall s | spread | groups (share of samples) |\n|---|---:|---:|---:|---:|---|\n\
          | SMC ({stages} stages, log p(y) = {}) | {particles} | {:.0} | {:.0} | {:.3} | {} |\n\
@@ -232,6 +238,11 @@ pub fn run(o: &Opts) -> Result<()> {
         o.index,
         o.hide,
         o.moves_per_stage,
+        if o.smc.is_empty() {
+            String::new()
+        } else {
+            format!(" --smc '{}'", o.smc)
+        },
         t0.elapsed().as_secs_f64(),
         lz.map(|v| format!("{v:.1}")).unwrap_or_default(),
         smc.diagnostics.score_evals_per_sample.mean,
