@@ -124,10 +124,7 @@ impl Callable {
                 shape_str(&shape)
             )));
         }
-        let v: Vec<f64> = match arr.as_slice() {
-            Ok(s) => s.to_vec(),
-            Err(_) => arr.as_array().iter().copied().collect(),
-        };
+        let v = crate::convert::c_order_values(&arr);
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
             return Err(PyValueError::new_err(format!(
                 "{what} returned a non-finite value ({}) at flat index {i} for sigma = {sigma}",

@@ -53,17 +53,24 @@ impl<T> IntoPy<T> for candle_core::Result<T> {
     }
 }
 
+/// The values of `a` in C (row-major) order, whatever its memory layout: one copy, straight
+/// from memory when `a` is C-contiguous (numpy's `as_slice` also accepts Fortran order, whose
+/// memory order is not the logical one).
+pub fn c_order_values(a: &PyReadonlyArrayDyn<'_, f64>) -> Vec<f64> {
+    match a.as_slice() {
+        Ok(s) if a.is_c_contiguous() => s.to_vec(),
+        _ => a.as_array().iter().copied().collect(),
+    }
+}
+
 /// The values of `a` (C order), checked finite; `name` names the argument in errors.
 pub fn finite_values(a: &PyReadonlyArrayDyn<'_, f64>, name: &str) -> PyResult<Vec<f64>> {
-    let v: Vec<f64> = match a.as_slice() {
-        Ok(s) => s.to_vec(),
-        Err(_) => a.as_array().iter().copied().collect(),
-    };
+    let v = c_order_values(a);
     if let Some(i) = v.iter().position(|x| !x.is_finite()) {
         return Err(PyValueError::new_err(format!(
-            "{name}: non-finite value {} at flat index {i} (shape {:?})",
+            "{name}: non-finite value {} at flat index {i} (shape {})",
             v[i],
-            a.shape()
+            shape_str(a.shape())
         )));
     }
     Ok(v)
