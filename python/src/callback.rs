@@ -73,6 +73,7 @@ pub struct CallbackDenoiser {
 impl Callable {
     /// Calls `func(x, sigma, *extra)` on rows `x` (`[b, dim]`, viewed as `[b, *shape]`) and returns
     /// its result as `[b * dim]` f64 values; `what` names the callable in errors.
+    #[allow(clippy::too_many_arguments)]
     fn call(
         &self,
         py: Python<'_>,

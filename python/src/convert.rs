@@ -233,5 +233,5 @@ pub fn f64_array<'py>(
         )));
     }
     let f = arr.call_method1("astype", (np.getattr("float64")?,))?;
-    Ok(f.extract::<PyReadonlyArrayDyn<'py, f64>>()?)
+    f.extract::<PyReadonlyArrayDyn<'py, f64>>()
 }

@@ -3,6 +3,9 @@
 //! algorithmic runs in the `diffpost` library, exactly as `diffpost sample` and `diffpost eval`
 //! run it.
 
+// `!(x > 0.0)` is deliberate throughout (as in the library): it also rejects NaN.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 mod callback;
 mod convert;
 mod operator;
@@ -66,6 +69,9 @@ fn check_dims(prior: &PyPrior, op: &dyn LinearOperator) -> PyResult<()> {
     Ok(())
 }
 
+/// A problem with an exact posterior: the mixture prior, the operator and `y`.
+pub(crate) type AnalyticProblem = (Arc<GaussianMixture>, Arc<dyn LinearOperator>, Vec<f64>);
+
 /// The mixture, operator and `y` of a problem with an exact posterior; `what` names the caller.
 pub(crate) fn analytic_problem(
     prior: &Bound<'_, PyPrior>,
@@ -73,7 +79,7 @@ pub(crate) fn analytic_problem(
     y: &PyReadonlyArrayDyn<'_, f64>,
     eta: f64,
     what: &str,
-) -> PyResult<(Arc<GaussianMixture>, Arc<dyn LinearOperator>, Vec<f64>)> {
+) -> PyResult<AnalyticProblem> {
     let p = prior.get();
     let g = p.analytic.clone().ok_or_else(|| {
         PyTypeError::new_err(format!(
