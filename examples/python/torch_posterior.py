@@ -62,7 +62,7 @@ def main() -> None:
         with torch.no_grad():
             return model(torch.from_numpy(x), sigma).numpy()
 
-    prior = diffpost.CallableDenoiser(denoise, 64, 0.01, 80.0, shape=(1, 8, 8))
+    prior = diffpost.CallableDenoiser(denoise, 64, 0.01, 80.0)  # x: [B, 64]; shape=(1, 8, 8) for a CNN
 
     # The left 5 columns of a held-out digit hidden, noise 0.05 on the [-1, 1] pixel scale.
     truth = np.load(ROOT / "data" / "digits_test100.npy")[args.digit].astype(float) / 8.0 - 1.0

@@ -41,7 +41,12 @@ pub struct RunState {
     /// Set on the first exception, and by the caller (Ctrl-C): later calls fail at once.
     pub cancel: Arc<AtomicBool>,
     pub calls: AtomicU64,
+    /// Time inside the callables summed over calls (calls on several threads overlap when the
+    /// callable releases the GIL, e.g. in numpy or torch kernels).
     pub nanos: AtomicU64,
+    /// Wall-clock time during which at least one callable ran: the number running and since when.
+    active: Mutex<(u32, Option<Instant>)>,
+    busy_nanos: AtomicU64,
 }
 
 impl RunState {
@@ -58,9 +63,33 @@ impl RunState {
         self.error.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    /// Seconds spent inside the Python callables.
+    /// Seconds inside the Python callables, summed over calls.
     pub fn seconds(&self) -> f64 {
         self.nanos.load(Ordering::Relaxed) as f64 * 1e-9
+    }
+
+    /// Wall-clock seconds during which at least one Python callable ran.
+    pub fn busy_seconds(&self) -> f64 {
+        self.busy_nanos.load(Ordering::Relaxed) as f64 * 1e-9
+    }
+
+    fn enter(&self) {
+        let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if a.0 == 0 {
+            a.1 = Some(Instant::now());
+        }
+        a.0 += 1;
+    }
+
+    fn leave(&self) {
+        let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        a.0 = a.0.saturating_sub(1);
+        if a.0 == 0 {
+            if let Some(t) = a.1.take() {
+                self.busy_nanos
+                    .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -88,14 +117,17 @@ impl Callable {
         let mut shape = vec![b];
         shape.extend_from_slice(&self.shape);
         let xa = PyArray1::from_slice(py, x).reshape(shape.clone())?;
-        let t0 = Instant::now();
-        let out = match extra {
-            None => func.call1(py, (xa, sigma)),
-            Some(g) => {
-                let ga = PyArray1::from_slice(py, g).reshape(shape.clone())?;
-                func.call1(py, (xa, sigma, ga))
-            }
+        let ga = match extra {
+            Some(g) => Some(PyArray1::from_slice(py, g).reshape(shape.clone())?),
+            None => None,
         };
+        state.enter();
+        let t0 = Instant::now();
+        let out = match ga {
+            None => func.call1(py, (xa, sigma)),
+            Some(ga) => func.call1(py, (xa, sigma, ga)),
+        };
+        state.leave();
         state
             .nanos
             .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);

@@ -381,13 +381,16 @@ fn sample(
         }
     }
     if p.callable().is_some() {
-        let inside = state.seconds();
+        // Wall-clock split of the sampling: some callable running, or none (Rust, conversions,
+        // waiting for the GIL); and the callables' own time summed over threads.
+        let busy = state.busy_seconds();
         summary.extra.insert(
             "callback".into(),
             serde_json::json!({
                 "calls": state.calls.load(Ordering::Relaxed),
-                "seconds_inside": inside,
-                "seconds_outside": (wall - inside).max(0.0),
+                "seconds_inside": busy,
+                "seconds_outside": (wall - busy).max(0.0),
+                "seconds_inside_summed_over_threads": state.seconds(),
             }),
         );
     }
