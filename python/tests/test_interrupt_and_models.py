@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import signal
 import threading
 import time
 from pathlib import Path
@@ -14,6 +15,15 @@ import diffpost
 from conftest import make_problem
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def python_sigint_handler():
+    # Python's own Ctrl-C handler, as in an interactive session: a shell that runs this suite in
+    # the background ignores SIGINT, and then interrupt_main() does nothing.
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
 
 
 def interrupt_after(seconds: float) -> threading.Timer:
