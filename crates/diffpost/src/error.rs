@@ -48,6 +48,10 @@ pub enum Error {
     /// A buffer larger than the machine can hold (see [`crate::limits::check_alloc`]).
     #[error("{what}: {reason}")]
     Memory { what: String, reason: String },
+    /// The run was stopped by its caller (a cancel flag, see
+    /// [`crate::run::RunContext::with_cancel`]) or by a failed callback.
+    #[error("cancelled: {0}")]
+    Cancelled(String),
     /// Error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

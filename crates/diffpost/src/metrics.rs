@@ -752,6 +752,84 @@ pub fn mode_weight_tv_with_floor(
     })
 }
 
+/// `log p(y)`: exact, and a sampler's estimate (SMC) with its error when one is given.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct EvidenceCheck {
+    pub exact: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<f64>,
+}
+
+/// What `diffpost eval` reports for samples of a mixture prior's posterior: every metric with
+/// its noise floor, for mixture posteriors (K > 1) the mode-weight TV with its floor and the
+/// exact component weights, and the evidence.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PosteriorEval {
+    #[serde(flatten)]
+    pub metrics: MetricsWithFloor,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode_tv: Option<WithFloor>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub posterior_weights: Option<Vec<f64>>,
+    pub log_evidence: EvidenceCheck,
+}
+
+/// Evaluates `samples` (`[n, d]`, `n >= 2`) against the exact posterior of `prior` under
+/// `y = A x + eta xi`: [`exact_reference`] with `n_ref` reference draws, the mode-weight TV of
+/// mixture posteriors, and the exact evidence next to `log_evidence_estimate` when given.
+pub fn evaluate_posterior(
+    prior: &crate::prior::GaussianMixture,
+    op: &dyn crate::operator::LinearOperator,
+    y: &[f64],
+    eta: f64,
+    samples: &Tensor,
+    n_ref: usize,
+    log_evidence_estimate: Option<f64>,
+) -> Result<PosteriorEval> {
+    use crate::prior::Denoiser;
+    let d = prior.dim();
+    let n = match samples.dims() {
+        [n, dd] if *dd == d && *n >= 2 => *n,
+        other => {
+            return Err(Error::shape(
+                "samples",
+                format!("[n, d] with d = {d} (the prior's) and n >= 2"),
+                other,
+            ))
+        }
+    };
+    let (post, log_evidence) = prior.posterior_and_evidence(op, y, eta)?;
+    let (reference, floors) = exact_reference(&post, n, n_ref)?;
+    let x = samples.to_dtype(candle_core::DType::F64)?;
+    let xv: Vec<f64> = x.flatten_all()?.to_vec1()?;
+    if xv.iter().any(|v| !v.is_finite()) {
+        return Err(Error::NonFinite {
+            what: "samples".into(),
+        });
+    }
+    let metrics = reference.evaluate(&xv)?.with_floor(&floors);
+    let (mode_tv, posterior_weights) = if post.k() > 1 {
+        (
+            Some(mode_weight_tv_with_floor(&post, &x, 10)?),
+            Some(post.weights().to_vec()),
+        )
+    } else {
+        (None, None)
+    };
+    Ok(PosteriorEval {
+        metrics,
+        mode_tv,
+        posterior_weights,
+        log_evidence: EvidenceCheck {
+            exact: log_evidence,
+            estimate: log_evidence_estimate,
+            error: log_evidence_estimate.map(|e| e - log_evidence),
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,13 +12,12 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 pub use prior::{LoadedPrior, PerturbSpec, PriorSpec};
 
 use crate::operator::image::ImageOperatorSpec;
 use crate::operator::{Dense, Identity, LinearOperator, Mask};
-use crate::run::summary::RunSummary;
+use crate::run::summary::{RunInputs, RunSummary};
 use crate::run::{ProblemParts, RunOutput};
 use crate::sampler::settings::{deprecated_keys, WarmStart};
 use crate::sampler::spec::SamplerSpec;
@@ -430,42 +429,20 @@ impl LoadedProblem {
     /// measurement's values, eta, n and seed (not the output folder or batch size).
     pub fn fingerprint(&self) -> String {
         let c = &self.config;
-        let canon = serde_json::json!({
-            "prior": c.prior,
-            "operator": c.operator,
-            "eta": c.measurement.eta,
-            "sampler": c.sampler.to_table(),
-            "n": c.run.n,
-            "seed": c.run.seed,
-        });
-        let mut h = Sha256::new();
-        h.update(canon.to_string().as_bytes());
-        for v in &self.y_vec {
-            h.update(v.to_le_bytes());
-        }
-        h.finalize()
-            .iter()
-            .take(16)
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::run::summary::fingerprint(
+            &serde_json::to_value(&c.prior).unwrap_or_default(),
+            &serde_json::to_value(&c.operator).unwrap_or_default(),
+            c.measurement.eta,
+            &c.sampler,
+            c.run.n,
+            c.run.seed,
+            &self.y_vec,
+        )
     }
 
     /// The run's `summary.json` (the writer may add fields to `extra`).
     pub fn summary(&self, out: &RunOutput, wall_s: f64, device: &Device) -> RunSummary {
         let c = &self.config;
-        let mut params = c.sampler.to_table();
-        // Defaults resolved at run time (eta_1 of the schedule), so `params` lists every value used.
-        if let Some(etas) = &out.info.etas {
-            if let Some(o) = params.as_object_mut() {
-                if matches!(
-                    c.sampler,
-                    SamplerSpec::Annealed(_) | SamplerSpec::Local(_) | SamplerSpec::Cs(_)
-                ) && !o.contains_key("eta_max")
-                {
-                    o.insert("eta_max".into(), serde_json::json!(etas[0]));
-                }
-            }
-        }
         let mut prior = serde_json::to_value(&c.prior).unwrap_or_default();
         if let Some(o) = prior.as_object_mut() {
             o.insert(
@@ -484,34 +461,23 @@ impl LoadedProblem {
                 o.insert("score_error_norms".into(), serde_json::json!(n));
             }
         }
-        RunSummary {
-            sampler: c.sampler.name().into(),
-            params,
-            info: out.info.clone(),
+        let inputs = RunInputs {
+            spec: &c.sampler,
             prior,
             operator: self.op.name(),
             eta: self.eta,
             n: c.run.n,
             d: self.d,
             seed: c.run.seed,
-            score_evals_per_sample: out.diagnostics.score_evals_per_sample.max,
-            diagnostics: out.diagnostics.clone(),
-            log_evidence: out.diagnostics.log_evidence(),
-            run: out.layout,
             fingerprint: self.fingerprint(),
-            wall_s,
             warnings: c.warnings.clone(),
-            health_warnings: out
-                .diagnostics
-                .warnings(&out.info, out.layout.population_size),
-            extra: if self.conversions.is_empty() {
-                Default::default()
-            } else {
-                let mut m = serde_json::Map::new();
-                m.insert("conversions".into(), serde_json::json!(self.conversions));
-                m
-            },
+        };
+        let mut s = RunSummary::new(inputs, out, wall_s);
+        if !self.conversions.is_empty() {
+            s.extra
+                .insert("conversions".into(), serde_json::json!(self.conversions));
         }
+        s
     }
 }
 

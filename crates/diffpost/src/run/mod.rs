@@ -204,6 +204,14 @@ impl<'a> RunContext<'a> {
         Ok(self)
     }
 
+    /// Stops the run once `flag` is set: batches not yet started do not start, running ones
+    /// stop at their sampler's next check (every few steps); the run returns
+    /// [`Error::Cancelled`].
+    pub fn with_cancel(mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.problem = self.problem.with_cancel(flag);
+        self
+    }
+
     pub fn spec(&self) -> &SamplerSpec {
         &self.spec
     }
@@ -303,6 +311,7 @@ impl<'a> RunContext<'a> {
                     last: AtomicU64::new(0),
                 };
                 let len = s.len();
+                self.problem.check_cancel()?;
                 self.sample_batch(&mut s, &mon).map(|o| (len, o))
             })
             .collect();

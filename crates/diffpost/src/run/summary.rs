@@ -5,8 +5,11 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
+use sha2::{Digest, Sha256};
+
 use super::shard::Shard;
-use super::{Diagnostics, Layout};
+use super::{Diagnostics, Layout, RunOutput};
+use crate::sampler::spec::SamplerSpec;
 use crate::sampler::Info;
 use crate::{Error, Result};
 
@@ -51,6 +54,97 @@ pub struct RunSummary {
     /// Anything else the writer adds (image metrics, score-error norms, ...).
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What a run ran on, as [`RunSummary::new`] records it (a loaded config, a Python call).
+pub struct RunInputs<'a> {
+    pub spec: &'a SamplerSpec,
+    /// The prior as configured (`kind`, ...), a JSON object.
+    pub prior: serde_json::Value,
+    /// The operator's name ([`crate::operator::LinearOperator::name`]).
+    pub operator: String,
+    pub eta: f64,
+    pub n: usize,
+    pub d: usize,
+    pub seed: u64,
+    pub fingerprint: String,
+    /// Config notes (deprecated keys, ...).
+    pub warnings: Vec<String>,
+}
+
+impl RunSummary {
+    /// The summary of run `out` (`wall_s` its sampling time); the writer may add fields to
+    /// `extra`.
+    pub fn new(inputs: RunInputs<'_>, out: &RunOutput, wall_s: f64) -> Self {
+        let spec = inputs.spec;
+        let mut params = spec.to_table();
+        // Defaults resolved at run time (eta_1 of the schedule), so `params` lists every value used.
+        if let Some(etas) = &out.info.etas {
+            if let Some(o) = params.as_object_mut() {
+                if matches!(
+                    spec,
+                    SamplerSpec::Annealed(_) | SamplerSpec::Local(_) | SamplerSpec::Cs(_)
+                ) && !o.contains_key("eta_max")
+                {
+                    o.insert("eta_max".into(), serde_json::json!(etas[0]));
+                }
+            }
+        }
+        RunSummary {
+            sampler: spec.name().into(),
+            params,
+            info: out.info.clone(),
+            prior: inputs.prior,
+            operator: inputs.operator,
+            eta: inputs.eta,
+            n: inputs.n,
+            d: inputs.d,
+            seed: inputs.seed,
+            score_evals_per_sample: out.diagnostics.score_evals_per_sample.max,
+            diagnostics: out.diagnostics.clone(),
+            log_evidence: out.diagnostics.log_evidence(),
+            run: out.layout,
+            fingerprint: inputs.fingerprint,
+            wall_s,
+            warnings: inputs.warnings,
+            health_warnings: out
+                .diagnostics
+                .warnings(&out.info, out.layout.population_size),
+            extra: Default::default(),
+        }
+    }
+}
+
+/// Hash of everything that determines a run's samples: the prior's and operator's descriptions,
+/// eta, every sampler setting, n, seed and the measurement's values (not the output folder or
+/// the batch size).
+pub fn fingerprint(
+    prior: &serde_json::Value,
+    operator: &serde_json::Value,
+    eta: f64,
+    spec: &SamplerSpec,
+    n: usize,
+    seed: u64,
+    y: &[f64],
+) -> String {
+    let canon = serde_json::json!({
+        "prior": prior,
+        "operator": operator,
+        "eta": eta,
+        "sampler": spec.to_table(),
+        "n": n,
+        "seed": seed,
+    });
+    let mut h = Sha256::new();
+    h.update(canon.to_string().as_bytes());
+    for v in y {
+        h.update(v.to_le_bytes());
+    }
+    h.finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Puts shard outputs back together. Each part is `(summary, samples, name)`, `name` used in

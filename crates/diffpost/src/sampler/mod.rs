@@ -21,8 +21,8 @@ pub mod smc;
 pub mod spec;
 pub mod ula;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{Device, Tensor};
 use serde::Serialize;
@@ -43,6 +43,9 @@ pub struct Problem<'a> {
     a_norm: OnceLock<f64>,
     /// The problem's scale per coordinate ([`health`]), computed on first use.
     scale: OnceLock<f64>,
+    /// Set by the caller to stop the run: [`Problem::check`] (every sampler loop, every few
+    /// steps) then returns [`Error::Cancelled`].
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 impl<'a> Problem<'a> {
@@ -93,7 +96,25 @@ impl<'a> Problem<'a> {
             eta,
             a_norm: OnceLock::new(),
             scale: OnceLock::new(),
+            cancel: None,
         })
+    }
+
+    /// Stops the samplers at their next [`Problem::check`] once `flag` is set (Ctrl-C in an
+    /// interactive front end).
+    pub fn with_cancel(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.cancel = Some(flag);
+        self
+    }
+
+    /// `Err(Error::Cancelled)` once the caller's cancel flag is set.
+    pub fn check_cancel(&self) -> Result<()> {
+        match &self.cancel {
+            Some(f) if f.load(Ordering::Relaxed) => {
+                Err(Error::Cancelled("stopped by the caller".into()))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Sets `||A||` when the caller already knows it (a run context computes it once).
@@ -115,6 +136,7 @@ impl<'a> Problem<'a> {
             eta: self.eta,
             a_norm,
             scale: OnceLock::new(),
+            cancel: self.cancel.clone(),
         }
     }
 
@@ -169,6 +191,7 @@ impl<'a> Problem<'a> {
         stage: usize,
         step: usize,
     ) -> Result<()> {
+        self.check_cancel()?;
         health::check_scale(x, self.scale()?, sigma, sampler, stage, step)
     }
 
