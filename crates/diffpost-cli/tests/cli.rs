@@ -1,27 +1,10 @@
 //! End-to-end tests of the `diffpost` binary: the documented flow works, and bad input gets a
 //! clear error naming the file/field/shape, without a panic and without touching earlier outputs.
 
+mod common;
+use common::*;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_diffpost"))
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("diffpost-cli-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn run(c: &mut Command) -> Output {
-    c.output().expect("binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
 
 /// Makes a d = 8, m = 4 instance and returns its folder.
 fn instance(name: &str) -> PathBuf {

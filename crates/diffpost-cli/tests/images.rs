@@ -2,19 +2,11 @@
 //! and with Algorithm 2 warm-started from DPS, and the outputs (grids, metrics.json); plus clear
 //! errors for mismatched shapes between image, operator and model.
 
+mod common;
+use common::*;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_diffpost"))
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("diffpost-img-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// Writes a u8 `.npy` of shape `[n, h, w]`.
 fn write_u8_npy(path: &Path, n: usize, h: usize, w: usize, f: impl Fn(usize, usize, usize) -> u8) {

@@ -3,22 +3,14 @@
 //! `kind = "diffusers-unet"` priors, a PNG ground truth at the model's resolution, every sampler
 //! that takes a network prior, the `.pt` path, and the errors a user meets first.
 
+mod common;
+use common::*;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_diffpost"))
-}
-
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../diffpost/tests/fixtures")
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("diffpost-pre-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn run(c: &mut Command) -> (bool, String) {

@@ -3,28 +3,12 @@
 //! panic (101) or an abort (134), and never lose an earlier output. Training's cases are in
 //! `train_safety.rs`, the readers' fuzz tests in `crates/diffpost/tests/readers.rs`.
 
+mod common;
+use common::*;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_diffpost"))
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("diffpost-rel-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn run(c: &mut Command) -> Output {
-    c.output().expect("binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
 
 /// Exit code 1 (not a panic, not an abort) and every `needles` in stderr.
 fn assert_clear_error(o: &Output, needles: &[&str]) {

@@ -4,6 +4,9 @@
 //! any moment leaves config, weights, optimizer state and loss log of one checkpoint, and the
 //! resumed run ends bit-identical to an uninterrupted one. Tiny UNet on the shipped test digits.
 
+mod common;
+use common::*;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -11,26 +14,8 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_diffpost"))
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn data() -> PathBuf {
     repo().join("data/mnist_test256.npy")
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "diffpost-train-safety-{}-{name}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// A tiny UNet config for 28x28 digits: `base` channels, `steps` steps, a checkpoint `every`.
