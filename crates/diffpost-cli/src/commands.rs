@@ -427,14 +427,7 @@ pub fn demo(n: usize) -> Result<()> {
         floors.mmd2.floor_sd,
         t.elapsed().as_secs_f64()
     );
-    let parts = ProblemParts {
-        prior: &inst.prior as &dyn Denoiser,
-        analytic: Some(&inst.prior),
-        perturbed: false,
-        op: &op,
-        y: &y,
-        eta,
-    };
+    let parts = ProblemParts::mixture(&inst.prior, &op, &y, eta);
     println!(
         "{:<18} {:>12} {:>9} {:>10} {:>8} {:>11} {:>8}",
         "sampler", "score evals", "wall s", "sliced W2", "/floor", "MMD²", "z(MMD²)"

@@ -48,14 +48,7 @@ pub fn parts<'a>(
     y: &'a Tensor,
     eta: f64,
 ) -> ProblemParts<'a> {
-    ProblemParts {
-        prior,
-        analytic: None,
-        perturbed: false,
-        op,
-        y,
-        eta,
-    }
+    ProblemParts::denoiser(prior, op, y, eta)
 }
 
 /// Algorithm 2 as the image demo and the trade-off run it: warm start `x0` (a DPS sample clipped

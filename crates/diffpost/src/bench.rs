@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::metrics::{exact_reference, mode_weight_tv_with_floor};
 use crate::operator::image::ImageOperatorSpec;
 use crate::operator::{Dense, LinearOperator};
-use crate::prior::{Denoiser, GaussianMixture};
+use crate::prior::GaussianMixture;
 use crate::run::{NoProgress, ProblemParts, RunContext, RunPlan};
 use crate::sampler::spec::SamplerSpec;
 use crate::{Error, Result};
@@ -240,14 +240,7 @@ pub fn run(
         let (post, log_z) = p.prior.posterior_and_evidence(p.op.as_ref(), &p.y, p.eta)?;
         let (reference, floors) = exact_reference(&post, n, 20_000)?;
         let y = Tensor::from_vec(p.y.clone(), p.y.len(), &Device::Cpu)?;
-        let parts = ProblemParts {
-            prior: &p.prior as &dyn Denoiser,
-            analytic: Some(&p.prior),
-            perturbed: false,
-            op: p.op.as_ref(),
-            y: &y,
-            eta: p.eta,
-        };
+        let parts = ProblemParts::mixture(&p.prior, p.op.as_ref(), &y, p.eta);
         for (name, spec) in samplers {
             let t = Instant::now();
             let res =

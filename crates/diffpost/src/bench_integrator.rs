@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::metrics::{exact_reference, MetricFloors, Reference};
 use crate::operator::{Dense, LinearOperator, Mask};
-use crate::prior::{Denoiser, ExactSample, GaussianMixture};
+use crate::prior::{ExactSample, GaussianMixture};
 use crate::problem::random_gmm_instance;
 use crate::rng::SampleStreams;
 use crate::run::{NoProgress, ProblemParts, RunContext, RunPlan};
@@ -94,14 +94,7 @@ fn case(name: &'static str, eta: f64) -> Result<Case> {
 /// `(sliced W2 / floor, evaluations per sample)`; a diverged run counts as missing the target.
 fn ratio(c: &Case, spec: &str) -> Result<(f64, u64)> {
     let yt = Tensor::from_vec(c.y.clone(), c.y.len(), &Device::Cpu)?;
-    let parts = ProblemParts {
-        prior: &c.prior as &dyn Denoiser,
-        analytic: Some(&c.prior),
-        perturbed: false,
-        op: c.op.as_ref(),
-        y: &yt,
-        eta: c.eta,
-    };
+    let parts = ProblemParts::mixture(&c.prior, c.op.as_ref(), &yt, c.eta);
     let t: toml::Table =
         toml::from_str(spec).map_err(|e| crate::Error::param("sampler", e.to_string()))?;
     let ctx = RunContext::new(parts, &SamplerSpec::from_table(&t)?)?;

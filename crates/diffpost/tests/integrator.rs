@@ -28,14 +28,7 @@ fn run(
     seed: u64,
 ) -> (Vec<f64>, u64) {
     let yt = Tensor::from_vec(y.as_slice().to_vec(), y.len(), &Device::Cpu).unwrap();
-    let parts = ProblemParts {
-        prior: prior as &dyn Denoiser,
-        analytic: Some(prior),
-        perturbed: false,
-        op,
-        y: &yt,
-        eta,
-    };
+    let parts = ProblemParts::mixture(prior, op, &yt, eta);
     let t: toml::Table = toml::from_str(spec).unwrap();
     let spec = SamplerSpec::from_table(&t).unwrap();
     let out = RunContext::new(parts, &spec)

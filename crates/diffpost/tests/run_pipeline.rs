@@ -3,7 +3,6 @@
 
 use candle_core::{Device, Tensor};
 use diffpost::operator::Dense;
-use diffpost::prior::Denoiser;
 use diffpost::run::summary::{merge, RunSummary};
 use diffpost::run::{Layout, NoProgress, ProblemParts, RunContext, RunPlan, Shard};
 use diffpost::sampler::spec::{SamplerSpec, KINDS};
@@ -106,14 +105,7 @@ fn run_with(
 ) -> diffpost::run::RunOutput {
     let op = Dense::new(inst.a.clone()).unwrap();
     let y = Tensor::from_vec(inst.y.as_slice().to_vec(), inst.y.len(), &Device::Cpu).unwrap();
-    let parts = ProblemParts {
-        prior: &inst.prior as &dyn Denoiser,
-        analytic: Some(&inst.prior),
-        perturbed: false,
-        op: &op,
-        y: &y,
-        eta: inst.eta,
-    };
+    let parts = ProblemParts::mixture(&inst.prior, &op, &y, inst.eta);
     RunContext::new(parts, spec)
         .unwrap()
         .run(&plan, &NoProgress)
@@ -151,14 +143,7 @@ fn mala_acceptance_is_weighted_by_samples_over_all_batches() {
     let first_batch = {
         let op = Dense::new(inst.a.clone()).unwrap();
         let y = Tensor::from_vec(inst.y.as_slice().to_vec(), inst.y.len(), &Device::Cpu).unwrap();
-        let parts = ProblemParts {
-            prior: &inst.prior as &dyn Denoiser,
-            analytic: Some(&inst.prior),
-            perturbed: false,
-            op: &op,
-            y: &y,
-            eta: inst.eta,
-        };
+        let parts = ProblemParts::mixture(&inst.prior, &op, &y, inst.eta);
         let ctx = RunContext::new(parts, &s).unwrap();
         let mut streams = diffpost::rng::SampleStreams::new(5, 0..3);
         let o = ctx

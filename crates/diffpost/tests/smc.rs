@@ -16,7 +16,7 @@ use diffpost::metrics::{
     exact_reference, mode_weight_tv_with_floor, MetricFloors, Reference, WithFloor,
 };
 use diffpost::operator::{Dense, LinearOperator};
-use diffpost::prior::{Denoiser, GaussianMixture};
+use diffpost::prior::GaussianMixture;
 use diffpost::rng::SampleStreams;
 use diffpost::run::{NoProgress, ProblemParts, RunContext, RunOutput, RunPlan, Shard};
 use diffpost::sampler::smc::{self, SmcConfig};
@@ -54,14 +54,7 @@ impl Case {
     }
 
     fn parts(&self, eta: f64) -> ProblemParts<'_> {
-        ProblemParts {
-            prior: &self.prior as &dyn Denoiser,
-            analytic: Some(&self.prior),
-            perturbed: false,
-            op: self.op.as_ref(),
-            y: &self.y,
-            eta,
-        }
+        ProblemParts::mixture(&self.prior, self.op.as_ref(), &self.y, eta)
     }
 
     fn run(&self, spec: &str, seed: u64) -> RunOutput {

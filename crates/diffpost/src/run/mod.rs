@@ -66,6 +66,42 @@ pub struct ProblemParts<'a> {
     pub eta: f64,
 }
 
+impl<'a> ProblemParts<'a> {
+    /// A Gaussian-mixture prior, seen as it is (exact posterior, log-density, exact draws).
+    pub fn mixture(
+        prior: &'a GaussianMixture,
+        op: &'a dyn LinearOperator,
+        y: &'a Tensor,
+        eta: f64,
+    ) -> Self {
+        Self {
+            prior,
+            analytic: Some(prior),
+            perturbed: false,
+            op,
+            y,
+            eta,
+        }
+    }
+
+    /// A prior known only through its denoiser (a network, a callable).
+    pub fn denoiser(
+        prior: &'a dyn Denoiser,
+        op: &'a dyn LinearOperator,
+        y: &'a Tensor,
+        eta: f64,
+    ) -> Self {
+        Self {
+            prior,
+            analytic: None,
+            perturbed: false,
+            op,
+            y,
+            eta,
+        }
+    }
+}
+
 /// Algorithm 2's warm start, resolved once per run.
 enum Warm {
     /// One `x0` for every sample, `[1, d]` (LASSO, least squares, a `[d]` file).
