@@ -926,6 +926,18 @@ impl Denoiser for GaussianMixture {
             .fold(f64::INFINITY, f64::min);
         (lmin > 0.0).then(|| 1.0 / lmin)
     }
+
+    fn as_log_density(&self) -> Option<&dyn LogDensity> {
+        Some(self)
+    }
+
+    fn as_exact_sample(&self) -> Option<&dyn ExactSample> {
+        Some(self)
+    }
+
+    fn as_mixture(&self) -> Option<&GaussianMixture> {
+        Some(self)
+    }
 }
 
 impl LogDensity for GaussianMixture {

@@ -72,6 +72,33 @@ pub trait Denoiser: Send + Sync {
     fn diffusion_start(&self, z: &Tensor, sigma_max: f64) -> Result<Tensor> {
         Ok((z * sigma_max)?)
     }
+
+    // Capabilities: what a method may ask of a prior (`sampler::method`), answered by the prior
+    // itself rather than by a list of kinds.
+
+    /// The prior's log-density, when it has one (MALA, SMC's MALA moves). A perturbed score has
+    /// none.
+    fn as_log_density(&self) -> Option<&dyn LogDensity> {
+        None
+    }
+
+    /// Exact prior draws, when they exist (`init = "exact-prior"`, SMC's start).
+    fn as_exact_sample(&self) -> Option<&dyn ExactSample> {
+        None
+    }
+
+    /// The Gaussian mixture behind this prior, whose posterior under a linear Gaussian
+    /// likelihood is known in closed form (`exact`, the reference of every distance). A
+    /// perturbed mixture answers with the unperturbed one: the reference its errors are
+    /// measured against.
+    fn as_mixture(&self) -> Option<&GaussianMixture> {
+        None
+    }
+
+    /// Whether gradients flow through `D(x, sigma)` (DPS differentiates through the denoiser).
+    fn differentiable(&self) -> bool {
+        true
+    }
 }
 
 /// Priors with a tractable log-density (analytic priors; needed by MALA).

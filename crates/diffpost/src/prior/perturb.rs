@@ -331,6 +331,18 @@ impl Denoiser for Perturbed {
     fn diffusion_start(&self, z: &Tensor, sigma_max: f64) -> Result<Tensor> {
         self.inner.diffusion_start(z, sigma_max)
     }
+    /// Exact draws of the unperturbed prior (the perturbation changes the score, not the
+    /// prior the problem was drawn from).
+    fn as_exact_sample(&self) -> Option<&dyn crate::prior::ExactSample> {
+        self.inner.as_exact_sample()
+    }
+    /// The unperturbed mixture: the exact posterior a perturbed score is measured against.
+    fn as_mixture(&self) -> Option<&crate::prior::GaussianMixture> {
+        self.inner.as_mixture()
+    }
+    fn differentiable(&self) -> bool {
+        self.inner.differentiable()
+    }
 }
 
 #[cfg(test)]
