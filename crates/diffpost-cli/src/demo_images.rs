@@ -69,6 +69,7 @@ pub fn image_local_spec(steps_per_stage: usize, h_rel: f64, final_denoise: bool)
             },
         },
         warm_start: WarmStart::Dps(dps::DpsConfig::default()),
+        clip: None,
     })
 }
 

@@ -45,7 +45,7 @@ use crate::sampler::settings::WarmStart;
 use crate::sampler::spec::SamplerSpec;
 use crate::sampler::{
     ald, annealed, cs, daps, diffusion, dps, exact, health, local, mala, smc, ula, Info, Monitor,
-    Output, Problem, Silent, Weighted,
+    Output, Problem, Silent, WarmStartRun, Weighted,
 };
 use crate::{Error, Result};
 
@@ -287,6 +287,7 @@ impl<'a> RunContext<'a> {
                 _ => unreachable!("built in RunContext::new"),
             },
             SamplerSpec::Local(l) => {
+                let t = std::time::Instant::now();
                 let (x0, warm_evals) = match self.warm.as_ref().expect("built in RunContext::new") {
                     Warm::Dps(dc) => {
                         let o = dps::sample(problem, dc, streams, &Silent)?;
@@ -307,8 +308,18 @@ impl<'a> RunContext<'a> {
                         (t.index_select(&idx, 0)?, 0)
                     }
                 };
+                let x0 = match l.clip {
+                    Some([lo, hi]) => x0.clamp(lo, hi)?,
+                    None => x0,
+                };
+                let wall_s = t.elapsed().as_secs_f64();
                 let mut o = local::sample(problem, &x0, &l.local, streams, mon)?;
                 o.score_evals += warm_evals;
+                o.warm_start = Some(WarmStartRun {
+                    x0,
+                    score_evals: warm_evals,
+                    wall_s,
+                });
                 o
             }
         })

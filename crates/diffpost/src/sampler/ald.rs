@@ -112,5 +112,6 @@ pub fn sample(
             steps: Some(hs),
             ..Default::default()
         },
+        warm_start: None,
     })
 }

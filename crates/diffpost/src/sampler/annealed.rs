@@ -225,5 +225,6 @@ pub(crate) fn sample_with(
             integrator: Some(integrator_note),
             smc: None,
         },
+        warm_start: None,
     })
 }

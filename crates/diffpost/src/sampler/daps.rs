@@ -132,5 +132,6 @@ pub fn sample(
         samples: x0,
         score_evals: prior.evals(),
         info: Info::default(),
+        warm_start: None,
     })
 }

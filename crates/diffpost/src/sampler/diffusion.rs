@@ -129,6 +129,7 @@ pub fn sample(
         samples: x,
         score_evals: counted.evals(),
         info: Info::default(),
+        warm_start: None,
     })
 }
 

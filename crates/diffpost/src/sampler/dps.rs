@@ -176,5 +176,6 @@ pub fn sample(
         samples: x,
         score_evals: prior.evals(),
         info: Info::default(),
+        warm_start: None,
     })
 }

@@ -14,5 +14,6 @@ pub fn sample(posterior: &GaussianMixture, streams: &mut SampleStreams) -> Resul
         samples: posterior.sample_exact(streams)?,
         score_evals: 0,
         info: Info::default(),
+        warm_start: None,
     })
 }

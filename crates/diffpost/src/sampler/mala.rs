@@ -162,5 +162,6 @@ pub fn sample(
             integrator: None,
             smc: None,
         },
+        warm_start: None,
     })
 }

@@ -260,6 +260,17 @@ pub struct Output {
     pub info: Info,
     /// Weighted samplers (SMC): the particles before the final resampling and their weights.
     pub weighted: Option<Weighted>,
+    /// Algorithm 2: the warm start each sample started from, as it ran.
+    pub warm_start: Option<WarmStartRun>,
+}
+
+/// Algorithm 2's warm start as it ran for a batch: `x0` (`[1, d]` shared or `[B, d]`, after
+/// `clip`), the evaluations per sample it cost (a DPS run) and its wall-clock time.
+#[derive(Debug, Clone)]
+pub struct WarmStartRun {
+    pub x0: Tensor,
+    pub score_evals: u64,
+    pub wall_s: f64,
 }
 
 /// Weighted particles: `particles [B, d]`, `weights [B]` normalised within each population.

@@ -340,6 +340,9 @@ annealed_keys! {
         warm_steps: Option<usize>,
         #[serde(skip_serializing_if = "Option::is_none")]
         zeta: Option<f64>,
+        /// `[lo, hi]`: the warm start is clipped to it before Algorithm 2 (images on [-1, 1]).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        clip: Option<[f64; 2]>,
     }
 }
 
@@ -426,6 +429,9 @@ pub enum WarmStart {
 pub struct LocalSpec {
     pub local: LocalConfig,
     pub warm_start: WarmStart,
+    /// `[lo, hi]`: `x0` is clipped to it before Algorithm 2 (a DPS sample of an image prior on
+    /// [-1, 1] may leave the data range).
+    pub clip: Option<[f64; 2]>,
 }
 
 impl Default for LocalSettings {
@@ -435,6 +441,7 @@ impl Default for LocalSettings {
             None,
             false,
             "dps".into(),
+            None,
             None,
             None,
         )
@@ -482,7 +489,16 @@ impl TryFrom<LocalSettings> for LocalSpec {
                 }
             }
         };
+        if let Some([lo, hi]) = s.clip {
+            if !lo.is_finite() || !hi.is_finite() || !(lo < hi) {
+                return Err(Error::param(
+                    "sampler.clip",
+                    format!("must be [lo, hi] with finite lo < hi, got [{lo}, {hi}]"),
+                ));
+            }
+        }
         Ok(LocalSpec {
+            clip: s.clip,
             local: LocalConfig {
                 sigma,
                 start_at_x0: s.start_at_x0,
@@ -498,6 +514,7 @@ impl From<LocalSpec> for LocalSettings {
         let mut s = LocalSettings {
             sigma: Some(l.local.sigma),
             start_at_x0: l.local.start_at_x0,
+            clip: l.clip,
             ..Default::default()
         };
         s.set_annealed_part(&l.local.annealed, true);

@@ -427,6 +427,7 @@ fn sample_impl(
             particles: Tensor::cat(&particles, 0)?,
             weights: Tensor::cat(&weights, 0)?,
         }),
+        warm_start: None,
     })
 }
 

@@ -208,5 +208,6 @@ pub fn sample(
             integrator: Some(integrator_note),
             ..Default::default()
         },
+        warm_start: None,
     })
 }
