@@ -278,4 +278,9 @@ impl Denoiser for CallbackDenoiser {
     fn scale(&self) -> f64 {
         self.f.scale.unwrap_or(self.f.sigma_max / 50.0)
     }
+
+    /// Gradients flow through the callable only by its `vjp`.
+    fn differentiable(&self) -> bool {
+        self.f.vjp.is_some()
+    }
 }

@@ -20,7 +20,7 @@ use diffpost::operator::LinearOperator;
 use diffpost::prior::{Denoiser, GaussianMixture};
 use diffpost::run::summary::{fingerprint, RunInputs, RunSummary};
 use diffpost::run::{ProblemParts, Progress, RunContext, RunOutput, RunPlan};
-use diffpost::sampler::settings::{deprecated_keys, WarmStart};
+use diffpost::sampler::table::deprecated_keys;
 use diffpost::sampler::spec::SamplerSpec;
 use numpy::{PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
@@ -157,15 +157,6 @@ impl PyRunResult {
     }
 }
 
-/// Whether `spec` differentiates through the denoiser (DPS, and Algorithm 2's DPS warm start).
-fn needs_gradient(spec: &SamplerSpec, warm_given: bool) -> bool {
-    match spec {
-        SamplerSpec::Dps(_) => true,
-        SamplerSpec::Local(l) => !warm_given && matches!(l.warm_start, WarmStart::Dps(_)),
-        _ => false,
-    }
-}
-
 /// Runs `method` on the problem; see `diffpost.sample` for the arguments.
 #[pyfunction]
 #[pyo3(signature = (prior, operator, y, eta, method, n, seed, batch, settings, warm_start, progress))]
@@ -230,20 +221,6 @@ fn sample(
         Some(a) => Some(prior::warm_tensor(a, op.in_dim())?),
         None => None,
     };
-    if let Some(c) = p.callable() {
-        if c.vjp.is_none() && needs_gradient(&spec, warm.is_some()) {
-            return Err(PyValueError::new_err(format!(
-                "vjp: method=\"{}\" differentiates through the denoiser{}: pass \
-                 CallableDenoiser(..., vjp=lambda x, sigma, g: J_D(x, sigma)^T g)",
-                spec.name(),
-                if spec.name() == "local" {
-                    " (its default warm start is a DPS run; or give warm_start=\"lasso\")"
-                } else {
-                    ""
-                }
-            )));
-        }
-    }
     let plan = RunPlan {
         n,
         seed,
@@ -257,8 +234,6 @@ fn sample(
     let den = p.denoiser(&state);
     let parts = ProblemParts {
         prior: den.as_ref(),
-        analytic: p.analytic.as_deref(),
-        perturbed: p.perturbed,
         op: op.as_ref(),
         y: &y_t,
         eta,

@@ -16,9 +16,9 @@ use diffpost::rng::SampleStreams;
 use diffpost::run::{ProblemParts, RunContext};
 use diffpost::sampler::annealed::AnnealedConfig;
 use diffpost::sampler::local::LocalConfig;
-use diffpost::sampler::settings::{LocalSpec, WarmStart};
+use diffpost::sampler::settings::{ScoreLevel, Step};
 use diffpost::sampler::spec::SamplerSpec;
-use diffpost::sampler::{dps, Silent, StepRule};
+use diffpost::sampler::{dps, Silent};
 use serde_json::json;
 
 /// Finds a shipped file: as given, else relative to the repository this binary was built from.
@@ -55,21 +55,21 @@ pub fn parts<'a>(
 /// to the data range) taken as a measurement with `sigma = 0.1`, chains started at `x0`, 5 stages
 /// of `steps_per_stage` steps, the prior score at 0.05 (the network's usable level).
 pub fn image_local_spec(steps_per_stage: usize, h_rel: f64, final_denoise: bool) -> SamplerSpec {
-    SamplerSpec::Local(LocalSpec {
-        local: LocalConfig {
-            sigma: 0.1,
-            start_at_x0: true,
-            annealed: AnnealedConfig {
-                stages: 5,
-                steps_per_stage,
-                step: StepRule::Relative { h_rel },
+    SamplerSpec::Local(LocalConfig {
+        sigma: Some(0.1),
+        start_at_x0: true,
+        annealed: AnnealedConfig {
+            stages: 5,
+            steps_per_stage,
+            step: Step::relative(h_rel),
+            score: ScoreLevel {
                 score_sigma: Some(0.05),
-                final_denoise,
-                ..Default::default()
+                l_prior: None,
             },
+            final_denoise,
+            ..Default::default()
         },
-        warm_start: WarmStart::Dps(dps::DpsConfig::default()),
-        clip: None,
+        ..Default::default()
     })
 }
 

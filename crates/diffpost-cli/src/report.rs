@@ -8,7 +8,7 @@ use candle_core::Device;
 use diffpost::imaging::save_grid;
 use diffpost::prior::Denoiser;
 use diffpost::rng::SampleStreams;
-use diffpost::sampler::diffusion::{self, DiffusionConfig, Method};
+use diffpost::sampler::diffusion::{self, DiffusionConfig, Solver};
 use diffpost::sampler::Silent;
 use serde_json::json;
 
@@ -19,7 +19,7 @@ pub fn run(model: &Path, data: &Path, out: &Path, n: usize, steps: usize) -> Res
     std::fs::create_dir_all(out)?;
     let (smin, smax) = prior.sigma_range();
     let cfg = DiffusionConfig {
-        method: Method::Heun,
+        init_method: Solver::Heun,
         steps,
         sigma_max: Some(smax),
         sigma_min: Some(smin),

@@ -13,7 +13,7 @@ use candle_core::Tensor;
 use common::*;
 use diffpost::rng::SampleStreams;
 use diffpost::sampler::diffusion::DiffusionConfig;
-use diffpost::sampler::ula::Init;
+use diffpost::sampler::settings::Start;
 use diffpost::sampler::*;
 
 const TOL: f64 = 1e-9;
@@ -43,7 +43,7 @@ fn annealed_rows(streams: &mut SampleStreams) -> Vec<f64> {
     let cfg = annealed::AnnealedConfig {
         stages: 5,
         steps_per_stage: 40,
-        init: Init::Diffusion(DiffusionConfig {
+        start: Start::diffusion(&DiffusionConfig {
             steps: 50,
             ..Default::default()
         }),

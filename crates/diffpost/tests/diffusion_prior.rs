@@ -6,7 +6,7 @@ use diffpost::metrics::{noise_floor, Reference};
 use diffpost::operator::{Dense, LinearOperator};
 use diffpost::prior::{Denoiser, ExactSample, GaussianMixture};
 use diffpost::rng::SampleStreams;
-use diffpost::sampler::diffusion::{self, DiffusionConfig, Method};
+use diffpost::sampler::diffusion::{self, DiffusionConfig, Solver};
 use diffpost::sampler::Silent;
 
 const N: usize = 2000;
@@ -64,7 +64,7 @@ fn reverse_sde_and_heun_sample_the_prior() {
     // Tolerance: floor mean + 4 floor sd (the exact-vs-exact spread at n = 2000).
     let tol = f.sw2.floor_mean + 4.0 * f.sw2.floor_sd;
     let sde = DiffusionConfig {
-        method: Method::Sde,
+        init_method: Solver::Sde,
         steps: 500,
         ..Default::default()
     };
@@ -72,7 +72,7 @@ fn reverse_sde_and_heun_sample_the_prior() {
     assert_eq!(evals, 500);
     assert!(v <= tol, "SDE sw2 {v} > {tol}");
     let heun = DiffusionConfig {
-        method: Method::Heun,
+        init_method: Solver::Heun,
         steps: 40,
         ..Default::default()
     };
@@ -81,7 +81,7 @@ fn reverse_sde_and_heun_sample_the_prior() {
     assert!(v <= tol, "Heun sw2 {v} > {tol}");
     // Broken variant: too few SDE steps (a 5-step Euler–Maruyama) must fail the same check.
     let broken = DiffusionConfig {
-        method: Method::Sde,
+        init_method: Solver::Sde,
         steps: 5,
         ..Default::default()
     };

@@ -14,7 +14,8 @@ use diffpost::operator::Dense;
 use diffpost::prior::{Denoiser, GaussianMixture, GaussianTilted};
 use diffpost::rng::SampleStreams;
 use diffpost::sampler::annealed::AnnealedConfig;
-use diffpost::sampler::cs::{self, CsConfig, Estimator};
+use diffpost::sampler::cs::{self, CsConfig, EstimatorKind};
+use diffpost::sampler::settings::ScoreLevel;
 use diffpost::sampler::local::{self, LocalConfig};
 use diffpost::sampler::{Output, Silent};
 
@@ -150,9 +151,8 @@ fn run_local(prior: &dyn Denoiser, sigma_cfg: f64) -> Metrics {
     let t = local_target();
     let p = b.problem(prior, b.eta);
     let cfg = LocalConfig {
-        sigma: sigma_cfg,
-        start_at_x0: false,
-        annealed: AnnealedConfig::default(),
+        sigma: Some(sigma_cfg),
+        ..Default::default()
     };
     let out = local::sample(
         &p,
@@ -200,18 +200,15 @@ fn local_check_fails_with_wrong_sigma() {
 
 const CS_RADIUS: f64 = 20.0;
 
-fn run_cs(prior: &dyn Denoiser, estimator: Estimator) -> (Metrics, Output) {
+fn run_cs(prior: &dyn Denoiser, estimator: EstimatorKind, iters: usize) -> (Metrics, Output) {
     let b = bench();
     let p = b.problem(prior, b.eta);
     let cfg = CsConfig {
         estimator,
+        estimator_iters: iters,
         radius: Some(CS_RADIUS),
         delta: 1.0,
-        local: LocalConfig {
-            sigma: 1.0, // replaced by R / delta
-            start_at_x0: false,
-            annealed: AnnealedConfig::default(),
-        },
+        ..Default::default()
     };
     let out = cs::sample(&p, &cfg, &mut SampleStreams::range(301, N), &Silent).unwrap();
     (b.eval(&out), out)
@@ -221,7 +218,7 @@ fn run_cs(prior: &dyn Denoiser, estimator: Estimator) -> (Metrics, Output) {
 fn cs_least_squares_marginal_is_posterior() {
     let b = bench();
     let (m, _) = timed("cs ls", || {
-        run_cs(&b.prior, Estimator::LeastSquares { iters: 200 })
+        run_cs(&b.prior, EstimatorKind::LeastSquares, 200)
     });
     report("cs least squares (Alg. 3)", &m, &b.floors);
     assert!(at_floor(&m, &b.floors), "{m:?}");
@@ -231,13 +228,7 @@ fn cs_least_squares_marginal_is_posterior() {
 fn cs_lasso_marginal_is_posterior() {
     let b = bench();
     let (m, _) = timed("cs lasso", || {
-        run_cs(
-            &b.prior,
-            Estimator::Lasso {
-                lambda: None,
-                iters: 500,
-            },
-        )
+        run_cs(&b.prior, EstimatorKind::Lasso, 500)
     });
     report("cs lasso (Alg. 3)", &m, &b.floors);
     assert!(at_floor(&m, &b.floors), "{m:?}");
@@ -252,7 +243,7 @@ fn cs_check_fails_with_scaled_score() {
         scale: 1.5,
         shift: 0.0,
     };
-    let (m, _) = run_cs(&broken, Estimator::LeastSquares { iters: 200 });
+    let (m, _) = run_cs(&broken, EstimatorKind::LeastSquares, 200);
     report("cs least squares score*1.5", &m, &b.floors);
     assert!(
         m.sw2 > 1.3 * b.floors.sw2.floor_mean,
@@ -279,15 +270,19 @@ fn final_denoise_applies_tweedie_at_the_score_level_to_the_same_chains() {
     let s_sigma = 0.3;
     let run = |final_denoise: bool| -> Output {
         let cfg = LocalConfig {
-            sigma: 0.5,
+            sigma: Some(0.5),
             start_at_x0: true,
             annealed: AnnealedConfig {
                 stages: 3,
                 steps_per_stage: 10,
-                score_sigma: Some(s_sigma),
+                score: ScoreLevel {
+                    score_sigma: Some(s_sigma),
+                    l_prior: None,
+                },
                 final_denoise,
                 ..Default::default()
             },
+            ..Default::default()
         };
         local::sample(
             &problem,

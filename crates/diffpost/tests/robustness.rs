@@ -12,8 +12,9 @@ use diffpost::prior::{Denoiser, ExactSample, GaussianMixture, Perturbation, Pert
 use diffpost::rng::SampleStreams;
 use diffpost::sampler::annealed::AnnealedConfig;
 use diffpost::sampler::diffusion::DiffusionConfig;
-use diffpost::sampler::ula::{Init, UlaConfig};
-use diffpost::sampler::{annealed, ula, Problem, Silent, StepRule};
+use diffpost::sampler::ula::UlaConfig;
+use diffpost::sampler::{annealed, ula, Problem, Silent};
+use diffpost::sampler::settings::{Start, Step};
 
 const D: usize = 1000;
 const N: usize = 200;
@@ -81,7 +82,7 @@ fn annealed_survives_shell_trap_where_ula_is_captured() {
     )
     .unwrap();
 
-    let init = Init::Diffusion(DiffusionConfig {
+    let init = Start::diffusion(&DiffusionConfig {
         steps: 500,
         ..Default::default()
     });
@@ -89,8 +90,8 @@ fn annealed_survives_shell_trap_where_ula_is_captured() {
         stages: 20,
         eta_max: Some(10.0),
         steps_per_stage: 100,
-        step: StepRule::Relative { h_rel: 0.05 },
-        init: init.clone(),
+        step: Step::relative(0.05),
+        start: init,
         ..Default::default()
     };
     let a = annealed::sample(
@@ -128,10 +129,8 @@ fn annealed_survives_shell_trap_where_ula_is_captured() {
     // The control: ULA from a prior sample, same budget (500 + 1900), same h_rel.
     let ucfg = UlaConfig {
         steps: 1900,
-        step: StepRule::Relative { h_rel: 0.05 },
-        init,
-        l_prior: None,
-        score_sigma: None,
+        step: Step::relative(0.05),
+        start: init,
         ..Default::default()
     };
     let u = ula::sample(

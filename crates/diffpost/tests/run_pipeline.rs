@@ -21,7 +21,7 @@ fn spec(s: &str) -> diffpost::Result<SamplerSpec> {
 
 #[test]
 fn every_kind_round_trips_through_its_table() {
-    for kind in KINDS {
+    for &kind in KINDS {
         let extra = if kind == "local" { "sigma = 0.3\n" } else { "" };
         let s = spec(&format!("kind = \"{kind}\"\n{extra}")).unwrap();
         assert_eq!(s.name(), kind);
@@ -50,7 +50,7 @@ fn old_key_names_are_aliases_of_the_new_vocabulary() {
     let old = spec("kind = \"ald\"\nlevels = 6\nsteps_per_level = 2").unwrap();
     assert_eq!(new, old);
     assert_ne!(new, spec("kind = \"ald\"").unwrap());
-    let dep = diffpost::sampler::settings::deprecated_keys("ald", ["levels", "h_rel"]);
+    let dep = diffpost::sampler::table::deprecated_keys("ald", ["levels", "h_rel"]);
     assert_eq!(dep, vec![("levels", "stages")]);
 }
 
@@ -244,4 +244,66 @@ fn shards_reassemble_the_unsharded_run() {
     let mut short = parts[1].clone();
     short.1 = short.1.narrow(0, 0, 1).unwrap();
     assert!(err(vec![parts[0].clone(), short, parts[2].clone()]).contains("shard 1/3"));
+}
+
+/// Every float key of every sampler kind refuses NaN and the infinities with the key's name,
+/// whether written in the TOML table or set in a config built in code. The float keys are found
+/// from the registry, not listed: a key is a float key when `key = 1.5` parses as a number.
+#[test]
+fn non_finite_floats_are_refused_in_every_key_of_every_kind() {
+    let base = |kind: &str| -> toml::Table {
+        let mut t = toml::Table::new();
+        t.insert("kind".into(), toml::Value::String(kind.into()));
+        if kind == "local" {
+            t.insert("sigma".into(), toml::Value::Float(0.3));
+        }
+        t
+    };
+    let field = |e: diffpost::Error| match e {
+        diffpost::Error::InvalidParam { field, reason } => (field, reason),
+        other => panic!("not a parameter error: {other}"),
+    };
+    let mut float_keys = 0;
+    for &kind in KINDS {
+        for key in SamplerSpec::keys(kind).unwrap() {
+            let mut t = base(kind);
+            t.insert(key.clone(), toml::Value::Float(1.5));
+            let typed_ok = match SamplerSpec::from_toml(&t) {
+                Ok(_) => true,
+                Err(e) => !field(e).1.contains("invalid type"),
+            };
+            for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+                let mut t = base(kind);
+                t.insert(key.clone(), toml::Value::Float(bad));
+                let (f, reason) = field(SamplerSpec::from_toml(&t).expect_err(&format!(
+                    "{kind}.{key} = {bad} was accepted"
+                )));
+                assert_eq!(f, format!("sampler.{key}"), "{kind}.{key} = {bad}: {reason}");
+                if typed_ok {
+                    assert!(reason.contains("finite"), "{kind}.{key} = {bad}: {reason}");
+                }
+            }
+            float_keys += typed_ok as usize;
+        }
+    }
+    // Each kind has float keys (h_rel, sigma_max, eta_max, ess_target, zeta, ...): at least 60.
+    assert!(float_keys >= 60, "only {float_keys} float keys found");
+    // An array of floats (`clip`) is checked element by element.
+    let mut t = base("local");
+    t.insert(
+        "clip".into(),
+        toml::Value::Array(vec![toml::Value::Float(f64::NAN), toml::Value::Float(1.0)]),
+    );
+    assert_eq!(field(SamplerSpec::from_toml(&t).unwrap_err()).0, "sampler.clip");
+    // Configs built in code go through the same check.
+    let s = SamplerSpec::Ula(diffpost::sampler::ula::UlaConfig {
+        step: diffpost::sampler::settings::Step::relative(f64::NAN),
+        ..Default::default()
+    });
+    assert_eq!(field(s.validate().unwrap_err()).0, "sampler.h_rel");
+    let s = SamplerSpec::Smc(diffpost::sampler::smc::SmcConfig {
+        ess_target: f64::INFINITY,
+        ..Default::default()
+    });
+    assert_eq!(field(s.validate().unwrap_err()).0, "sampler.ess_target");
 }

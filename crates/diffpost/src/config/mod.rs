@@ -19,7 +19,8 @@ use crate::operator::image::ImageOperatorSpec;
 use crate::operator::{Dense, Identity, LinearOperator, Mask};
 use crate::run::summary::{RunInputs, RunSummary};
 use crate::run::{ProblemParts, RunOutput};
-use crate::sampler::settings::{deprecated_keys, WarmStart};
+use crate::sampler::local::WarmStart;
+use crate::sampler::table::deprecated_keys;
 use crate::sampler::spec::SamplerSpec;
 use crate::{Error, Result};
 
@@ -413,8 +414,6 @@ impl LoadedProblem {
     pub fn parts(&self) -> ProblemParts<'_> {
         ProblemParts {
             prior: self.prior.denoiser.as_ref(),
-            analytic: self.prior.analytic.as_ref(),
-            perturbed: self.prior.perturbed,
             op: self.op.as_ref(),
             y: &self.y,
             eta: self.eta,

@@ -79,16 +79,8 @@ impl RunSummary {
         let spec = inputs.spec;
         let mut params = spec.to_table();
         // Defaults resolved at run time (eta_1 of the schedule), so `params` lists every value used.
-        if let Some(etas) = &out.info.etas {
-            if let Some(o) = params.as_object_mut() {
-                if matches!(
-                    spec,
-                    SamplerSpec::Annealed(_) | SamplerSpec::Local(_) | SamplerSpec::Cs(_)
-                ) && !o.contains_key("eta_max")
-                {
-                    o.insert("eta_max".into(), serde_json::json!(etas[0]));
-                }
-            }
+        if let Some(o) = params.as_object_mut() {
+            spec.method().record_resolved(&out.info, o);
         }
         RunSummary {
             sampler: spec.name().into(),
@@ -109,7 +101,7 @@ impl RunSummary {
             warnings: inputs.warnings,
             health_warnings: out
                 .diagnostics
-                .warnings(&out.info, out.layout.population_size),
+                .warnings(Some(spec), &out.info, out.layout.population_size),
             extra: Default::default(),
         }
     }
@@ -227,7 +219,14 @@ pub fn merge(parts: Vec<(RunSummary, Tensor, String)>) -> Result<(RunSummary, Te
     merged.info.acceptance = diagnostics.acceptance.map(|a| a.mean);
     merged.score_evals_per_sample = diagnostics.score_evals_per_sample.max;
     merged.log_evidence = diagnostics.log_evidence();
-    merged.health_warnings = diagnostics.warnings(&merged.info, merged.run.population_size);
+    // The method's own warnings need the method: the shards' `params` name it in full.
+    let spec = merged.params.as_object().and_then(|m| {
+        let mut m = m.clone();
+        m.insert("kind".into(), serde_json::json!(merged.sampler));
+        SamplerSpec::from_map(m).ok()
+    });
+    merged.health_warnings =
+        diagnostics.warnings(spec.as_ref(), &merged.info, merged.run.population_size);
     merged.diagnostics = diagnostics;
     merged.wall_s = wall;
     merged.run.shard = Shard::WHOLE;

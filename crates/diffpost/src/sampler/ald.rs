@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::method::{Kernel, Method};
 use super::health::CHECK_EVERY;
 use super::{prior_lipschitz, Counted, Info, Monitor, Output, Problem};
 use crate::prior::Denoiser;
@@ -114,4 +115,26 @@ pub fn sample(
         },
         warm_start: None,
     })
+}
+
+impl Method for AldConfig {
+    fn validate(&self) -> Result<()> {
+        AldConfig::validate(self)
+    }
+
+    fn prepare(&self, problem: &Problem) -> Result<Box<dyn Kernel>> {
+        problem.a_norm()?;
+        Ok(Box::new(self.clone()))
+    }
+}
+
+impl Kernel for AldConfig {
+    fn sample(
+        &self,
+        problem: &Problem,
+        streams: &mut SampleStreams,
+        mon: &dyn Monitor,
+    ) -> Result<Output> {
+        sample(problem, self, streams, mon)
+    }
 }

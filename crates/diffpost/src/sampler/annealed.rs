@@ -9,45 +9,44 @@
 //! 4. Output `X_N`.
 
 use candle_core::Tensor;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::diffusion::DiffusionConfig;
 use super::integrator::Integrator;
-use super::ula::{initialise, langevin, Init};
+use super::settings::{AdmissibleKeys, EtaScheduleKind, ScoreLevel, Start, StartKind, Step};
+use super::ula::{initialise, langevin};
+use super::method::{Kernel, Method};
 use super::{Counted, Info, Monitor, Output, Problem, StepRule};
 use crate::prior::{Denoiser, ExactSample};
 use crate::rng::SampleStreams;
-use crate::schedule::{eta_admissible, eta_geometric, AdmissibleParams};
+use crate::schedule::{eta_admissible, eta_geometric};
 use crate::{Error, Result};
 
-/// The eta annealing schedule.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum EtaSchedule {
-    /// `stages` geometric levels from `eta_max` to `eta` (`eta_i <= sqrt(2) eta_{i+1}` enforced).
-    Geometric,
-    /// The paper's Definition D.1 construction (its number of stages replaces `stages`).
-    Admissible(AdmissibleParams),
-}
-
-/// Algorithm 1 settings. Defaults (justified in docs/algorithms.md): 20 stages, geometric from
+/// Algorithm 1 settings (`kind = "annealed"`; Algorithms 2 and 3 embed them). Defaults
+/// (justified in docs/algorithms.md): 20 stages, geometric from
 /// `eta_max = eta * min(100, 2^((stages-1)/2))`, 400 steps per stage, `h_rel = 0.2`, diffusion start
 /// of 500 reverse-SDE steps: 8,100 score evaluations per sample.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AnnealedConfig {
     /// `N`, the number of eta levels (N - 1 Langevin runs).
     pub stages: usize,
     /// `eta_1`; default `eta * min(100, 2^((stages - 1)/2))`.
     pub eta_max: Option<f64>,
-    pub schedule: EtaSchedule,
+    /// Geometric levels, or the paper's admissible construction (Definition D.1).
+    pub schedule: EtaScheduleKind,
+    /// Definition D.1's constants (`schedule = "admissible"` only).
+    #[serde(flatten)]
+    pub admissible: AdmissibleKeys,
     /// `M_i` (the same for every stage); stage time `T_i = M_i h_i`.
     pub steps_per_stage: usize,
-    pub step: StepRule,
-    pub init: Init,
-    /// Overrides the prior's Lipschitz constant in the step rule.
-    pub l_prior: Option<f64>,
-    /// Noise level of the prior score (default: the prior's sigma_min; see [`super::score_level`]).
-    pub score_sigma: Option<f64>,
+    /// `h_rel` (default 0.2) or `h`.
+    #[serde(flatten)]
+    pub step: Step,
+    /// Default: the diffusion start.
+    #[serde(flatten)]
+    pub start: Start,
+    #[serde(flatten)]
+    pub score: ScoreLevel,
     /// After the last stage, replace each sample by the prior's Tweedie denoiser
     /// `D(x, score_sigma)` (one more evaluation). With a smoothed score (`score_sigma > 0`, as
     /// networks need) the chains sample the posterior of the *smoothed* prior `p_{score_sigma}`,
@@ -58,17 +57,20 @@ pub struct AnnealedConfig {
     pub integrator: Integrator,
 }
 
+/// Algorithm 1's default `h_rel`.
+pub const H_REL: f64 = 0.2;
+
 impl Default for AnnealedConfig {
     fn default() -> Self {
         Self {
             stages: 20,
             eta_max: None,
-            schedule: EtaSchedule::Geometric,
+            schedule: EtaScheduleKind::Geometric,
+            admissible: AdmissibleKeys::default(),
             steps_per_stage: 400,
-            step: StepRule::Relative { h_rel: 0.2 },
-            init: Init::Diffusion(DiffusionConfig::default()),
-            l_prior: None,
-            score_sigma: None,
+            step: Step::default(),
+            start: Start::default(),
+            score: ScoreLevel::default(),
             final_denoise: false,
             integrator: Integrator::Euler,
         }
@@ -78,11 +80,12 @@ impl Default for AnnealedConfig {
 impl AnnealedConfig {
     /// Range checks that need no problem (run before anything heavy is loaded).
     pub fn validate(&self) -> Result<()> {
-        self.step.validate()?;
+        self.step.rule(H_REL)?;
+        self.admissible.check(self.schedule)?;
         if self.steps_per_stage == 0 {
             return Err(Error::param("sampler.steps_per_stage", "must be >= 1"));
         }
-        if matches!(self.schedule, EtaSchedule::Geometric) && self.stages < 2 {
+        if self.schedule == EtaScheduleKind::Geometric && self.stages < 2 {
             return Err(Error::param(
                 "sampler.stages",
                 format!("need at least 2, got {}", self.stages),
@@ -96,16 +99,24 @@ impl AnnealedConfig {
                 ));
             }
         }
-        if let Init::Diffusion(c) = &self.init {
-            c.validate("init_steps")?;
-        }
+        self.start.resolve(StartKind::Diffusion)?;
         Ok(())
+    }
+
+    /// Every default written out (`summary.json` `params`).
+    pub fn filled(&self) -> Self {
+        Self {
+            admissible: self.admissible.filled(self.schedule),
+            step: self.step.filled(H_REL),
+            start: self.start.filled(StartKind::Diffusion),
+            ..self.clone()
+        }
     }
 
     /// The eta levels `eta_1 > ... > eta_N = eta`.
     pub fn etas(&self, eta: f64, a_norm: f64, d: usize, m: usize) -> Result<Vec<f64>> {
-        match &self.schedule {
-            EtaSchedule::Geometric => {
+        match self.schedule {
+            EtaScheduleKind::Geometric => {
                 if self.stages < 2 {
                     return Err(Error::param(
                         "sampler.stages",
@@ -117,7 +128,9 @@ impl AnnealedConfig {
                     .unwrap_or(eta * 100f64.min(2f64.powf((self.stages - 1) as f64 / 2.0)));
                 eta_geometric(eta_max, eta, self.stages)
             }
-            EtaSchedule::Admissible(p) => eta_admissible(eta, a_norm, d, m, p),
+            EtaScheduleKind::Admissible => {
+                eta_admissible(eta, a_norm, d, m, &self.admissible.params())
+            }
         }
     }
 }
@@ -131,12 +144,12 @@ pub fn sample(
     mon: &dyn Monitor,
 ) -> Result<Output> {
     let a = problem.a_norm()?;
-    let l = match cfg.step {
+    let l = match cfg.step.rule(H_REL)? {
         StepRule::Fixed { .. } => 0.0,
         _ => super::prior_lipschitz_at(
             problem.prior,
-            cfg.l_prior,
-            super::score_level(problem.prior, cfg.score_sigma)?,
+            cfg.score.l_prior,
+            super::score_level(problem.prior, cfg.score.score_sigma)?,
         )?,
     };
     sample_with(problem, exact, cfg, a, l, None, streams, mon, "annealed")
@@ -155,7 +168,8 @@ pub(crate) fn sample_with(
     mon: &dyn Monitor,
     name: &str,
 ) -> Result<Output> {
-    cfg.step.validate()?;
+    let step = cfg.step.rule(H_REL)?;
+    let init = cfg.start.resolve(StartKind::Diffusion)?;
     if cfg.steps_per_stage == 0 {
         return Err(Error::param("sampler.steps_per_stage", "must be >= 1"));
     }
@@ -177,11 +191,11 @@ pub(crate) fn sample_with(
         Some(x) => x
             .broadcast_as((streams.len(), problem.prior.dim()))?
             .contiguous()?,
-        None => initialise(&counted, exact, &cfg.init, streams, &super::Silent, name)?,
+        None => initialise(&counted, exact, &init, streams, &super::Silent, name)?,
     };
     let init_evals = counted.evals();
     let total = init_evals + ((n - 1) * cfg.steps_per_stage) as u64;
-    let s_sigma = super::score_level(problem.prior, cfg.score_sigma)?;
+    let s_sigma = super::score_level(problem.prior, cfg.score.score_sigma)?;
     let (integrator, integrator_note) = problem.integrator(cfg.integrator);
     let a_step = if integrator.likelihood_in_step() {
         a_norm
@@ -191,7 +205,7 @@ pub(crate) fn sample_with(
     // Step 3: Langevin toward p(x | y_{i+1}) for i = 1..N-1.
     let mut hs = Vec::with_capacity(n - 1);
     for i in 0..n - 1 {
-        let h = cfg.step.step(l_prior, a_step, etas[i + 1]);
+        let h = step.step(l_prior, a_step, etas[i + 1]);
         hs.push(h);
         let base = init_evals + (i * cfg.steps_per_stage) as u64;
         x = langevin(
@@ -227,4 +241,43 @@ pub(crate) fn sample_with(
         },
         warm_start: None,
     })
+}
+
+impl Method for AnnealedConfig {
+    fn validate(&self) -> Result<()> {
+        AnnealedConfig::validate(self)
+    }
+
+    fn prepare(&self, problem: &Problem) -> Result<Box<dyn Kernel>> {
+        problem.a_norm()?;
+        Ok(Box::new(self.clone()))
+    }
+
+    fn record_resolved(&self, info: &Info, params: &mut serde_json::Map<String, serde_json::Value>) {
+        record_eta_max(info, params);
+    }
+
+    fn filled(&self) -> Self {
+        AnnealedConfig::filled(self)
+    }
+}
+
+/// `eta_max` as the schedule resolved it, when the config left it to its default.
+pub(crate) fn record_eta_max(info: &Info, params: &mut serde_json::Map<String, serde_json::Value>) {
+    if let Some(etas) = &info.etas {
+        if !params.contains_key("eta_max") {
+            params.insert("eta_max".into(), serde_json::json!(etas[0]));
+        }
+    }
+}
+
+impl Kernel for AnnealedConfig {
+    fn sample(
+        &self,
+        problem: &Problem,
+        streams: &mut SampleStreams,
+        mon: &dyn Monitor,
+    ) -> Result<Output> {
+        sample(problem, problem.prior.as_exact_sample(), self, streams, mon)
+    }
 }

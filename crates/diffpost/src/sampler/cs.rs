@@ -4,15 +4,28 @@
 //! `(x0', sigma)`. Under local log-concavity the error is at most `2r` when any algorithm achieves `r`.
 
 use candle_core::{DType, Tensor};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::local::{self, LocalConfig};
-use super::{Monitor, Output, Problem};
+use super::annealed::AnnealedConfig;
+use super::local;
+use super::method::{Kernel, Method};
+use super::{Info, Monitor, Output, Problem};
 use crate::operator::{cg_least_squares, LinearOperator};
 use crate::rng::SampleStreams;
 use crate::{Error, Result};
 
-/// The naive estimator of step 1.
+/// `estimator`: the naive estimator of step 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EstimatorKind {
+    /// LASSO by FISTA (`lasso_lambda`).
+    #[default]
+    Lasso,
+    /// Minimum-norm least squares by CG.
+    LeastSquares,
+}
+
+/// The naive estimator of step 1, resolved.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Estimator {
@@ -23,37 +36,77 @@ pub enum Estimator {
     LeastSquares { iters: usize },
 }
 
-/// Algorithm 3 settings.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Algorithm 3 settings (`kind = "cs"`): the estimator's, then Algorithm 1's (Algorithm 2's
+/// `sigma` is `R / delta`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CsConfig {
-    pub estimator: Estimator,
+    pub estimator: EstimatorKind,
+    /// Iterations of the estimator (default 500).
+    pub estimator_iters: usize,
+    /// The LASSO weight (`estimator = "lasso"`; default `eta sqrt(2 ln d) ||A||`). Was `lambda`,
+    /// which also names Definition D.1's constant.
+    pub lasso_lambda: Option<f64>,
     /// `R`, the estimator's error bound; default `sqrt(d) * sigma_max_hint / 50` (the prior's spread).
     pub radius: Option<f64>,
     /// `delta` in `sigma = R / delta` (default 1).
     pub delta: f64,
-    /// Algorithm 2/1 settings (its `sigma` is replaced by `R / delta`).
-    pub local: LocalConfig,
+    /// Start the Langevin chains at `x0'` rather than from diffusion on the tilted prior.
+    pub start_at_x0: bool,
+    /// The annealing (Algorithm 1) settings.
+    #[serde(flatten)]
+    pub annealed: AnnealedConfig,
 }
 
 impl Default for CsConfig {
     fn default() -> Self {
         Self {
-            estimator: Estimator::Lasso {
-                lambda: None,
-                iters: 500,
-            },
+            estimator: EstimatorKind::Lasso,
+            estimator_iters: 500,
+            lasso_lambda: None,
             radius: None,
             delta: 1.0,
-            local: LocalConfig {
-                sigma: 1.0,
-                start_at_x0: false,
-                annealed: Default::default(),
-            },
+            start_at_x0: false,
+            annealed: AnnealedConfig::default(),
         }
     }
 }
 
 impl CsConfig {
+    /// The estimator of step 1.
+    pub fn estimator(&self) -> Result<Estimator> {
+        if self.estimator_iters == 0 {
+            return Err(Error::param("sampler.estimator_iters", "must be >= 1"));
+        }
+        Ok(match self.estimator {
+            EstimatorKind::Lasso => {
+                if let Some(l) = self.lasso_lambda {
+                    if !(l >= 0.0) || !l.is_finite() {
+                        return Err(Error::param(
+                            "sampler.lasso_lambda",
+                            format!("must be >= 0, got {l}"),
+                        ));
+                    }
+                }
+                Estimator::Lasso {
+                    lambda: self.lasso_lambda,
+                    iters: self.estimator_iters,
+                }
+            }
+            EstimatorKind::LeastSquares => {
+                if self.lasso_lambda.is_some() {
+                    return Err(Error::param(
+                        "sampler.lasso_lambda",
+                        "is the LASSO weight: applies only to estimator = \"lasso\"",
+                    ));
+                }
+                Estimator::LeastSquares {
+                    iters: self.estimator_iters,
+                }
+            }
+        })
+    }
+
     /// Range checks that need no problem.
     pub fn validate(&self) -> Result<()> {
         if !(self.delta > 0.0) || !self.delta.is_finite() {
@@ -70,27 +123,61 @@ impl CsConfig {
                 ));
             }
         }
-        match self.estimator {
-            Estimator::Lasso { lambda, iters } => {
-                if let Some(l) = lambda {
-                    if !(l >= 0.0) || !l.is_finite() {
-                        return Err(Error::param(
-                            "sampler.lambda",
-                            format!("must be >= 0, got {l}"),
-                        ));
-                    }
-                }
-                if iters == 0 {
-                    return Err(Error::param("sampler.estimator_iters", "must be >= 1"));
-                }
-            }
-            Estimator::LeastSquares { iters } => {
-                if iters == 0 {
-                    return Err(Error::param("sampler.estimator_iters", "must be >= 1"));
-                }
-            }
+        self.estimator()?;
+        if self.annealed.admissible.lambda.is_some() {
+            return Err(Error::param(
+                "sampler.lambda",
+                "is `lasso_lambda` in sampler `cs` (Definition D.1's lambda keeps its default)",
+            ));
         }
-        self.local.annealed.validate()
+        self.annealed.validate()
+    }
+}
+
+impl Method for CsConfig {
+    fn validate(&self) -> Result<()> {
+        CsConfig::validate(self)
+    }
+
+    /// Step 1 of Algorithm 3 is deterministic: once per run, not per batch.
+    fn prepare(&self, problem: &Problem) -> Result<Box<dyn Kernel>> {
+        problem.a_norm()?;
+        let x0 = estimate(problem, &self.estimator()?)?;
+        Ok(Box::new(CsKernel {
+            cfg: self.clone(),
+            x0,
+        }))
+    }
+
+    fn record_resolved(&self, info: &Info, params: &mut serde_json::Map<String, serde_json::Value>) {
+        super::annealed::record_eta_max(info, params);
+    }
+
+    fn filled(&self) -> Self {
+        let mut annealed = self.annealed.filled();
+        // Definition D.1's lambda is not a key of `cs` (`lambda` there was the LASSO weight).
+        annealed.admissible.lambda = None;
+        Self {
+            annealed,
+            ..self.clone()
+        }
+    }
+}
+
+struct CsKernel {
+    cfg: CsConfig,
+    /// The estimate of step 1, `[1, d]`.
+    x0: Tensor,
+}
+
+impl Kernel for CsKernel {
+    fn sample(
+        &self,
+        problem: &Problem,
+        streams: &mut SampleStreams,
+        mon: &dyn Monitor,
+    ) -> Result<Output> {
+        sample_from(problem, &self.x0, &self.cfg, streams, mon)
     }
 }
 
@@ -147,7 +234,7 @@ pub fn sample(
     streams: &mut SampleStreams,
     mon: &dyn Monitor,
 ) -> Result<Output> {
-    let x0 = estimate(problem, &cfg.estimator)?;
+    let x0 = estimate(problem, &cfg.estimator()?)?;
     sample_from(problem, &x0, cfg, streams, mon)
 }
 
@@ -176,9 +263,13 @@ pub fn sample_from(
     let sigma = r / cfg.delta;
     let z = streams.randn(&[d], &problem.device())?;
     let x0p = (z * sigma)?.broadcast_add(x0)?;
-    let local_cfg = LocalConfig {
+    local::sample_tilted(
+        problem,
+        &x0p,
         sigma,
-        ..cfg.local.clone()
-    };
-    local::sample(problem, &x0p, &local_cfg, streams, mon)
+        cfg.start_at_x0,
+        &cfg.annealed,
+        streams,
+        mon,
+    )
 }

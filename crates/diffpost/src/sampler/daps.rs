@@ -6,6 +6,7 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
+use super::method::{Kernel, Method};
 use super::health::CHECK_EVERY;
 use super::{Counted, Info, Monitor, Output, Problem};
 use crate::prior::Denoiser;
@@ -134,4 +135,26 @@ pub fn sample(
         info: Info::default(),
         warm_start: None,
     })
+}
+
+impl Method for DapsConfig {
+    fn validate(&self) -> Result<()> {
+        DapsConfig::validate(self)
+    }
+
+    fn prepare(&self, problem: &Problem) -> Result<Box<dyn Kernel>> {
+        problem.a_norm()?;
+        Ok(Box::new(self.clone()))
+    }
+}
+
+impl Kernel for DapsConfig {
+    fn sample(
+        &self,
+        problem: &Problem,
+        streams: &mut SampleStreams,
+        mon: &dyn Monitor,
+    ) -> Result<Output> {
+        sample(problem, self, streams, mon)
+    }
 }

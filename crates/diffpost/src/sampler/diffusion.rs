@@ -11,16 +11,17 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
+use super::method::{Kernel, Method};
 use super::{health, Counted, Info, Monitor, Output};
 use crate::prior::Denoiser;
 use crate::rng::SampleStreams;
 use crate::schedule::sigma_karras;
 use crate::{Error, Result};
 
-/// Reverse SDE or probability-flow ODE.
+/// Reverse SDE or probability-flow ODE (`init_method`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Method {
+pub enum Solver {
     /// Reverse VE SDE, Euler–Maruyama: `steps` score evaluations.
     Sde,
     /// Probability-flow ODE, Heun: `2 steps - 1` evaluations.
@@ -29,10 +30,9 @@ pub enum Method {
 
 /// Settings of unconditional diffusion sampling.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct DiffusionConfig {
-    #[serde(rename = "init_method")]
-    pub method: Method,
+    pub init_method: Solver,
     /// Number of sigma levels (default 500).
     pub steps: usize,
     /// Largest level; default: the prior's `sigma_max_hint`.
@@ -46,7 +46,7 @@ pub struct DiffusionConfig {
 impl Default for DiffusionConfig {
     fn default() -> Self {
         Self {
-            method: Method::Sde,
+            init_method: Solver::Sde,
             steps: 500,
             sigma_max: None,
             sigma_min: None,
@@ -108,9 +108,9 @@ impl DiffusionConfig {
 
     /// Score evaluations per sample.
     pub fn evals(&self) -> u64 {
-        match self.method {
-            Method::Sde => self.steps as u64,
-            Method::Heun => 2 * self.steps as u64 - 1,
+        match self.init_method {
+            Solver::Sde => self.steps as u64,
+            Solver::Heun => 2 * self.steps as u64 - 1,
         }
     }
 }
@@ -150,8 +150,8 @@ pub(crate) fn run(
     let total = cfg.evals();
     let scale = prior.scale();
     let check = |x: &Tensor, sigma: f64, i: usize| health::check_scale(x, scale, sigma, name, 0, i);
-    match cfg.method {
-        Method::Sde => {
+    match cfg.init_method {
+        Solver::Sde => {
             for i in 0..n - 1 {
                 let dv = sig[i] * sig[i] - sig[i + 1] * sig[i + 1];
                 let s = prior.score(&x, sig[i])?;
@@ -164,7 +164,7 @@ pub(crate) fn run(
             }
             x = prior.denoise(&x, sig[n - 1])?;
         }
-        Method::Heun => {
+        Solver::Heun => {
             for i in 0..n {
                 let s_cur = sig[i];
                 let s_next = if i + 1 < n { sig[i + 1] } else { 0.0 };
@@ -185,4 +185,30 @@ pub(crate) fn run(
     }
     check(&x, 0.0, n)?;
     Ok(x)
+}
+
+impl Method for DiffusionConfig {
+    fn validate(&self) -> Result<()> {
+        DiffusionConfig::validate(self, "steps")
+    }
+
+    fn prepare(&self, _problem: &super::Problem) -> Result<Box<dyn Kernel>> {
+        Ok(Box::new(self.clone()))
+    }
+
+    /// Unconditional samples: no data residual.
+    fn conditional(&self) -> bool {
+        false
+    }
+}
+
+impl Kernel for DiffusionConfig {
+    fn sample(
+        &self,
+        problem: &super::Problem,
+        streams: &mut SampleStreams,
+        mon: &dyn Monitor,
+    ) -> Result<Output> {
+        sample(problem.prior, self, streams, mon)
+    }
 }

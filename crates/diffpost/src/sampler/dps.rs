@@ -9,6 +9,7 @@
 use candle_core::{Var, D};
 use serde::{Deserialize, Serialize};
 
+use super::method::{missing, Kernel, Method};
 use super::health::CHECK_EVERY;
 use super::{Counted, Info, Monitor, Output, Problem};
 use crate::prior::Denoiser;
@@ -178,4 +179,32 @@ pub fn sample(
         info: Info::default(),
         warm_start: None,
     })
+}
+
+impl Method for DpsConfig {
+    fn validate(&self) -> Result<()> {
+        DpsConfig::validate(self)
+    }
+
+    /// Differentiates through the denoiser: the prior must be differentiable.
+    fn prepare(&self, problem: &Problem) -> Result<Box<dyn Kernel>> {
+        if !problem.prior.differentiable() {
+            return Err(missing(
+                "dps",
+                "gradients through the denoiser (a differentiable prior; a callable denoiser needs its vjp)",
+            ));
+        }
+        Ok(Box::new(self.clone()))
+    }
+}
+
+impl Kernel for DpsConfig {
+    fn sample(
+        &self,
+        problem: &Problem,
+        streams: &mut SampleStreams,
+        mon: &dyn Monitor,
+    ) -> Result<Output> {
+        sample(problem, self, streams, mon)
+    }
 }

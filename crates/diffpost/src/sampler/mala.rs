@@ -4,31 +4,42 @@
 //! `min(1, pi(x') q(x|x') / (pi(x) q(x'|x)))`, `log q(a|b) = -|a - b - h g(b)|^2 / (4h)`.
 
 use candle_core::{Tensor, D};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use super::method::{missing, Kernel, Method};
 use super::health::CHECK_EVERY;
-use super::ula::{initialise, Init};
+use super::settings::{Start, StartKind, Step};
+use super::ula::initialise;
 use super::{prior_lipschitz, Counted, Info, Monitor, Output, Problem, StepRule};
 use crate::prior::{ExactSample, LogDensity};
 use crate::rng::SampleStreams;
 use crate::Result;
 
-/// MALA settings.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// MALA settings (`kind = "mala"`; no `score_sigma`: MALA needs the exact log-density).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MalaConfig {
     /// Number of MH steps (default 2000); one score evaluation each (plus one at the start).
     pub steps: usize,
-    pub step: StepRule,
-    pub init: Init,
+    /// `h_rel` (default 0.5) or `h`.
+    #[serde(flatten)]
+    pub step: Step,
+    /// Default: the diffusion start.
+    #[serde(flatten)]
+    pub start: Start,
+    /// Overrides the prior's Lipschitz constant in the step rule.
     pub l_prior: Option<f64>,
 }
+
+/// MALA's default `h_rel`.
+pub const H_REL: f64 = 0.5;
 
 impl Default for MalaConfig {
     fn default() -> Self {
         Self {
             steps: 2000,
-            step: StepRule::Relative { h_rel: 0.5 },
-            init: Init::Diffusion(Default::default()),
+            step: Step::default(),
+            start: Start::default(),
             l_prior: None,
         }
     }
@@ -37,14 +48,21 @@ impl Default for MalaConfig {
 impl MalaConfig {
     /// Range checks that need no problem.
     pub fn validate(&self) -> crate::Result<()> {
-        self.step.validate()?;
+        self.step.rule(H_REL)?;
         if self.steps == 0 {
             return Err(crate::Error::param("sampler.steps", "must be >= 1"));
         }
-        if let Init::Diffusion(c) = &self.init {
-            c.validate("init_steps")?;
-        }
+        self.start.resolve(StartKind::Diffusion)?;
         Ok(())
+    }
+
+    /// Every default written out (`summary.json` `params`).
+    pub fn filled(&self) -> Self {
+        Self {
+            step: self.step.filled(H_REL),
+            start: self.start.filled(StartKind::Diffusion),
+            ..self.clone()
+        }
     }
 }
 
@@ -122,17 +140,18 @@ pub fn sample(
     streams: &mut SampleStreams,
     mon: &dyn Monitor,
 ) -> Result<Output> {
-    cfg.step.validate()?;
+    let step = cfg.step.rule(H_REL)?;
+    let init = cfg.start.resolve(StartKind::Diffusion)?;
     let counted = Counted::new(problem.prior);
-    let l = match cfg.step {
+    let l = match step {
         StepRule::Fixed { .. } => 0.0,
         _ => prior_lipschitz(problem.prior, cfg.l_prior)?,
     };
-    let h = cfg.step.step(l, problem.a_norm()?, problem.eta);
+    let h = step.step(l, problem.a_norm()?, problem.eta);
     let x = initialise(
         &counted,
         exact,
-        &cfg.init,
+        &init,
         streams,
         &super::Silent,
         "mala init",
@@ -164,4 +183,45 @@ pub fn sample(
         },
         warm_start: None,
     })
+}
+
+impl Method for MalaConfig {
+    fn validate(&self) -> Result<()> {
+        MalaConfig::validate(self)
+    }
+
+    /// Needs the prior's log-density (analytic priors; not a perturbed score).
+    fn prepare(&self, problem: &Problem) -> Result<Box<dyn Kernel>> {
+        if problem.prior.as_log_density().is_none() {
+            return Err(if problem.prior.as_mixture().is_some() {
+                missing(
+                    "mala",
+                    "the prior's log-density, which a perturbed score does not have",
+                )
+            } else {
+                missing("mala", "an analytic (gmm/isotropic) prior")
+            });
+        }
+        problem.a_norm()?;
+        Ok(Box::new(self.clone()))
+    }
+
+    fn filled(&self) -> Self {
+        MalaConfig::filled(self)
+    }
+}
+
+impl Kernel for MalaConfig {
+    fn sample(
+        &self,
+        problem: &Problem,
+        streams: &mut SampleStreams,
+        mon: &dyn Monitor,
+    ) -> Result<Output> {
+        let prior = problem
+            .prior
+            .as_log_density()
+            .ok_or_else(|| missing("mala", "an analytic (gmm/isotropic) prior"))?;
+        sample(problem, prior, problem.prior.as_exact_sample(), self, streams, mon)
+    }
 }

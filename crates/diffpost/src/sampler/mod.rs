@@ -16,9 +16,11 @@ pub mod health;
 pub mod integrator;
 pub mod local;
 pub mod mala;
+pub mod method;
 pub mod settings;
 pub mod smc;
 pub mod spec;
+pub mod table;
 pub mod ula;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

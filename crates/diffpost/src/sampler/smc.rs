@@ -24,9 +24,9 @@ use candle_core::Tensor;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::diffusion::Method;
-use super::settings::{step_rule, InitKeys, InitKind};
-use super::ula::{initialise, Init};
+use super::method::{Kernel, Method};
+use super::settings::{Init, ScoreLevel, Start, StartKind, Step};
+use super::ula::initialise;
 use super::{prior_lipschitz_at, score_level, Counted, Info, Monitor, Output, Problem, Weighted};
 use crate::prior::{Denoiser, ExactSample, LogDensity};
 use crate::rng::SampleStreams;
@@ -68,20 +68,20 @@ pub enum MoveKernel {
 
 /// SMC settings (`kind = "smc"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct SmcConfig {
     /// Particles per population `P` (default: all `n` samples in one population).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub particles: Option<usize>,
-    pub schedule: Tempering,
-    /// Adaptive schedule: the ESS after reweighting is `ess_target` times the ESS before.
+    /// How the tempering levels are chosen (was `schedule`, which names the eta levels of the
+    /// annealed samplers).
+    pub tempering: Tempering,
+    /// Adaptive tempering: the ESS after reweighting is `ess_target` times the ESS before.
     pub ess_target: f64,
-    /// Geometric schedule: the number of eta levels (as Algorithm 1).
+    /// Geometric tempering: the number of eta levels (as Algorithm 1).
     pub stages: usize,
-    /// Geometric schedule: `eta_1` (default as Algorithm 1).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Geometric tempering: `eta_1` (default as Algorithm 1).
     pub eta_max: Option<f64>,
-    /// Adaptive schedule: the run fails if `lambda = 1` is not reached within this many stages.
+    /// Adaptive tempering: the run fails if `lambda = 1` is not reached within this many stages.
     pub max_stages: usize,
     pub resampling: Resampling,
     /// Resample when `ESS < resample_threshold * P`.
@@ -90,33 +90,18 @@ pub struct SmcConfig {
     /// Moves at `lambda = 1` after the last stage's (the output decorrelates from the last
     /// resampling).
     pub final_moves: usize,
-    /// Default: MALA for analytic priors, ULA otherwise.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Default: MALA where the prior has a log-density, ULA otherwise.
     pub kernel: Option<MoveKernel>,
-    /// Step relative to the stage's stiffness (default 0.5 for MALA, 0.2 for ULA), or `h`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub h_rel: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub h: Option<f64>,
-    /// Start: exact prior draws for analytic priors, the diffusion start (as Algorithm 1)
+    /// Step relative to the stage's stiffness (default `h_rel` 0.5 for MALA, 0.2 for ULA), or `h`.
+    #[serde(flatten)]
+    pub step: Step,
+    /// Start: exact prior draws where the prior has them, the diffusion start (as Algorithm 1)
     /// otherwise.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub init: Option<InitKind>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub init_steps: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub init_method: Option<Method>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sigma_max: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sigma_min: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rho: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub l_prior: Option<f64>,
-    /// Noise level of the prior score in the moves (networks), as Algorithm 1.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub score_sigma: Option<f64>,
+    #[serde(flatten)]
+    pub start: Start,
+    /// The prior score in the moves (networks: `score_sigma`), as Algorithm 1.
+    #[serde(flatten)]
+    pub score: ScoreLevel,
     /// Tweedie denoiser `D(x, score_sigma)` on the output, as Algorithm 1.
     pub final_denoise: bool,
     /// ULA moves: "euler" (default) or "exact-likelihood" (then ULA is the default kernel).
@@ -127,7 +112,7 @@ impl Default for SmcConfig {
     fn default() -> Self {
         Self {
             particles: None,
-            schedule: Tempering::Adaptive,
+            tempering: Tempering::Adaptive,
             ess_target: 0.5,
             stages: 20,
             eta_max: None,
@@ -137,16 +122,9 @@ impl Default for SmcConfig {
             moves_per_stage: 100,
             final_moves: 400,
             kernel: None,
-            h_rel: None,
-            h: None,
-            init: None,
-            init_steps: None,
-            init_method: None,
-            sigma_max: None,
-            sigma_min: None,
-            rho: None,
-            l_prior: None,
-            score_sigma: None,
+            step: Step::default(),
+            start: Start::default(),
+            score: ScoreLevel::default(),
             final_denoise: false,
             integrator: Integrator::Euler,
         }
@@ -181,43 +159,26 @@ impl SmcConfig {
         if self.max_stages == 0 {
             return Err(Error::param("sampler.max_stages", "must be >= 1"));
         }
-        if self.schedule == Tempering::Geometric && self.stages < 2 {
+        if self.tempering == Tempering::Geometric && self.stages < 2 {
             return Err(Error::param("sampler.stages", "need at least 2"));
         }
-        if self.schedule == Tempering::Adaptive && self.eta_max.is_some() {
+        if self.tempering == Tempering::Adaptive && self.eta_max.is_some() {
             return Err(Error::param(
                 "sampler.eta_max",
-                "applies only to schedule = \"geometric\"",
+                "applies only to tempering = \"geometric\"",
             ));
         }
-        step_rule(self.h_rel, self.h, 0.2)?;
-        self.init_keys(InitKind::ExactPrior).build()?;
-        Ok(())
-    }
-
-    /// Whether a key of the diffusion start is set (then `init` defaults to "diffusion").
-    fn diffusion_keys_set(&self) -> bool {
-        self.init_steps.is_some()
-            || self.init_method.is_some()
-            || self.sigma_max.is_some()
-            || self.sigma_min.is_some()
-            || self.rho.is_some()
-    }
-
-    fn init_keys(&self, auto: InitKind) -> InitKeys {
-        let auto = if self.diffusion_keys_set() {
-            InitKind::Diffusion
-        } else {
-            auto
-        };
-        InitKeys {
-            init: self.init.unwrap_or(auto),
-            init_steps: self.init_steps,
-            init_method: self.init_method,
-            sigma_max: self.sigma_max,
-            sigma_min: self.sigma_min,
-            rho: self.rho,
+        if let Some(e) = self.eta_max {
+            if !(e > 0.0) {
+                return Err(Error::param(
+                    "sampler.eta_max",
+                    format!("must be > 0, got {e}"),
+                ));
+            }
         }
+        self.step.rule(0.2)?;
+        self.start.resolve(StartKind::ExactPrior)?;
+        Ok(())
     }
 
     /// Particles per population for a run of `n` samples.
@@ -473,12 +434,10 @@ fn population(
         (MoveKernel::Mala, Some(l)) => Some(l),
         (MoveKernel::Ula, _) => None,
     };
-    let step = step_rule(
-        cfg.h_rel,
-        cfg.h,
-        if kernel == MoveKernel::Mala { 0.5 } else { 0.2 },
-    )?;
-    let s_sigma = score_level(problem.prior, cfg.score_sigma)?;
+    let step = cfg
+        .step
+        .rule(if kernel == MoveKernel::Mala { 0.5 } else { 0.2 })?;
+    let s_sigma = score_level(problem.prior, cfg.score.score_sigma)?;
     if kernel == MoveKernel::Mala && s_sigma > 0.0 {
         return Err(Error::param(
             "sampler.score_sigma",
@@ -487,7 +446,7 @@ fn population(
     }
     let l_prior = match step {
         super::StepRule::Fixed { .. } => 0.0,
-        _ => prior_lipschitz_at(problem.prior, cfg.l_prior, s_sigma)?,
+        _ => prior_lipschitz_at(problem.prior, cfg.score.l_prior, s_sigma)?,
     };
     let (integrator, _) = problem.integrator(cfg.integrator);
     let a_norm = if integrator.likelihood_in_step() {
@@ -496,12 +455,12 @@ fn population(
         0.0
     };
     let auto = if exact.is_some() {
-        InitKind::ExactPrior
+        StartKind::ExactPrior
     } else {
-        InitKind::Diffusion
+        StartKind::Diffusion
     };
-    let init: Init = cfg.init_keys(auto).build()?;
-    let geometric: Option<Vec<f64>> = match cfg.schedule {
+    let init: Init = cfg.start.resolve(auto)?;
+    let geometric: Option<Vec<f64>> = match cfg.tempering {
         Tempering::Adaptive => None,
         Tempering::Geometric => {
             let eta_max = cfg
@@ -712,5 +671,65 @@ mod tests {
         assert!((e / p as f64 - 0.5).abs() < 1e-6, "{e}");
         // Nothing left to temper when the whole rest keeps the ESS.
         assert_eq!(next_delta(&log_w, &vec![1.0; p], 0.3, eta, 0.5), 0.7);
+    }
+}
+
+impl Method for SmcConfig {
+    fn validate(&self) -> Result<()> {
+        SmcConfig::validate(self)
+    }
+
+    fn prepare(&self, problem: &Problem) -> Result<Box<dyn Kernel>> {
+        problem.a_norm()?;
+        Ok(Box::new(self.clone()))
+    }
+
+    fn population_size(&self, n: usize) -> usize {
+        SmcConfig::population_size(self, n)
+    }
+
+    /// A population whose ESS fell below a tenth of its `particles` at some stage.
+    fn warnings(&self, info: &Info, particles: usize) -> Vec<String> {
+        let p = particles.max(1) as f64;
+        let collapsed = info
+            .smc
+            .iter()
+            .flatten()
+            .filter_map(|t| {
+                t.ess_before
+                    .iter()
+                    .enumerate()
+                    .find(|(_, e)| **e < 0.1 * p)
+                    .map(|(s, e)| (s + 1, *e))
+            })
+            .collect::<Vec<_>>();
+        match collapsed.first() {
+            Some((stage, e)) => vec![format!(
+                "SMC: the effective sample size fell to {e:.1} of {particles} particles at stage \
+                 {stage} ({} of {} populations): the weights rest on few particles; use the \
+                 adaptive schedule, more particles or a larger ess_target",
+                collapsed.len(),
+                info.smc.as_ref().map_or(0, |t| t.len())
+            )],
+            None => Vec::new(),
+        }
+    }
+}
+
+impl Kernel for SmcConfig {
+    fn sample(
+        &self,
+        problem: &Problem,
+        streams: &mut SampleStreams,
+        mon: &dyn Monitor,
+    ) -> Result<Output> {
+        sample(
+            problem,
+            problem.prior.as_exact_sample(),
+            problem.prior.as_log_density(),
+            self,
+            streams,
+            mon,
+        )
     }
 }

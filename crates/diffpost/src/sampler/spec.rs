@@ -1,91 +1,120 @@
-//! Methods as data: [`SamplerSpec`] is the `[sampler]` table, one variant per method, each the
-//! method's typed config (with its `Default`), deserialised straight from the table (unknown keys
-//! are errors) and serialised back to it with every default filled in.
+//! The registry of methods: [`SamplerSpec`] is the `[sampler]` table, one variant per method,
+//! each the method's typed config (which *is* its table: see [`super::settings`]). One line per
+//! method in [`methods!`] generates the variant, the `kind` list ([`KINDS`]), the parser arm and
+//! the dispatch to the method's [`Method`] implementation; nothing else in the crate lists the
+//! methods.
 
 use serde::{Deserialize, Serialize};
 
-use super::settings::{
-    AnnealedSettings, CsSettings, LocalSettings, LocalSpec, MalaSettings, NoSettings, UlaSettings,
-};
-use super::{ald, annealed, cs, daps, diffusion, dps, mala, smc, ula};
+use super::method::Method;
+use super::settings::NoSettings;
+use super::table;
+use super::{ald, annealed, cs, daps, diffusion, dps, local, mala, smc, ula};
 use crate::{Error, Result};
 
-/// A sampler and all of its settings (`[sampler]`, tagged by `kind`). It (de)serialises through
-/// the flat vocabulary of [`super::settings`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "RawSpec", into = "RawSpec")]
-pub enum SamplerSpec {
-    /// Algorithm 1 (docs/algorithms.md, "Algorithm 1 (annealed)").
-    Annealed(annealed::AnnealedConfig),
-    /// Algorithm 2 with its warm start.
-    Local(LocalSpec),
-    /// Algorithm 3.
-    Cs(cs::CsConfig),
-    Ula(ula::UlaConfig),
-    Mala(mala::MalaConfig),
-    Dps(dps::DpsConfig),
-    Daps(daps::DapsConfig),
-    Ald(ald::AldConfig),
-    /// Exact posterior samples (analytic priors).
-    Exact(NoSettings),
-    /// Unconditional diffusion samples of the prior.
-    Prior(diffusion::DiffusionConfig),
-    /// SMC over tempered posteriors (multimodal posteriors; the evidence).
-    Smc(smc::SmcConfig),
-}
+pub use super::table::{MAX_COUNT, MAX_STEPS};
 
-/// The `[sampler]` table as written: one flat settings struct per kind.
-#[derive(Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-enum RawSpec {
-    Annealed(AnnealedSettings),
-    Local(LocalSettings),
-    Cs(CsSettings),
-    Ula(UlaSettings),
-    Mala(MalaSettings),
-    Dps(dps::DpsConfig),
-    Daps(daps::DapsConfig),
-    Ald(ald::AldConfig),
-    Exact(NoSettings),
-    Prior(diffusion::DiffusionConfig),
-    Smc(smc::SmcConfig),
-}
-
-impl TryFrom<RawSpec> for SamplerSpec {
-    type Error = Error;
-    fn try_from(r: RawSpec) -> Result<Self> {
-        Ok(match r {
-            RawSpec::Annealed(s) => SamplerSpec::Annealed(s.try_into()?),
-            RawSpec::Local(s) => SamplerSpec::Local(s.try_into()?),
-            RawSpec::Cs(s) => SamplerSpec::Cs(s.try_into()?),
-            RawSpec::Ula(s) => SamplerSpec::Ula(s.try_into()?),
-            RawSpec::Mala(s) => SamplerSpec::Mala(s.try_into()?),
-            RawSpec::Dps(c) => SamplerSpec::Dps(c),
-            RawSpec::Daps(c) => SamplerSpec::Daps(c),
-            RawSpec::Ald(c) => SamplerSpec::Ald(c),
-            RawSpec::Exact(c) => SamplerSpec::Exact(c),
-            RawSpec::Prior(c) => SamplerSpec::Prior(c),
-            RawSpec::Smc(c) => SamplerSpec::Smc(c),
-        })
-    }
-}
-
-impl From<SamplerSpec> for RawSpec {
-    fn from(s: SamplerSpec) -> Self {
-        match s {
-            SamplerSpec::Annealed(c) => RawSpec::Annealed(c.into()),
-            SamplerSpec::Local(l) => RawSpec::Local(l.into()),
-            SamplerSpec::Cs(c) => RawSpec::Cs(c.into()),
-            SamplerSpec::Ula(c) => RawSpec::Ula(c.into()),
-            SamplerSpec::Mala(c) => RawSpec::Mala(c.into()),
-            SamplerSpec::Dps(c) => RawSpec::Dps(c),
-            SamplerSpec::Daps(c) => RawSpec::Daps(c),
-            SamplerSpec::Ald(c) => RawSpec::Ald(c),
-            SamplerSpec::Exact(c) => RawSpec::Exact(c),
-            SamplerSpec::Prior(c) => RawSpec::Prior(c),
-            SamplerSpec::Smc(c) => RawSpec::Smc(c),
+/// Registers the methods: `Variant("kind", config type)`, doc comments allowed.
+macro_rules! methods {
+    ($( $(#[$doc:meta])* $variant:ident($kind:literal, $cfg:ty) ),* $(,)?) => {
+        /// A sampler and all of its settings (`[sampler]`, tagged by `kind`). Two specs are
+        /// equal when they run the same settings (dependent defaults written out or not).
+        #[derive(Debug, Clone)]
+        pub enum SamplerSpec {
+            $( $(#[$doc])* $variant($cfg), )*
         }
-    }
+
+        impl PartialEq for SamplerSpec {
+            fn eq(&self, other: &Self) -> bool {
+                match (self.filled(), other.filled()) {
+                    $( (SamplerSpec::$variant(a), SamplerSpec::$variant(b)) => a == b, )*
+                    _ => false,
+                }
+            }
+        }
+
+        /// Every `kind`, in the order of the registry.
+        pub const KINDS: &[&str] = &[$($kind),*];
+
+        impl SamplerSpec {
+            /// The `kind` name.
+            pub fn name(&self) -> &'static str {
+                match self { $( SamplerSpec::$variant(_) => $kind, )* }
+            }
+
+            /// The method behind the settings.
+            pub fn method(&self) -> &dyn Method {
+                match self { $( SamplerSpec::$variant(c) => c, )* }
+            }
+
+            /// The keys a `[sampler]` table of `kind` accepts (besides `kind`).
+            pub fn keys(kind: &str) -> Option<Vec<String>> {
+                match kind {
+                    $( $kind => Some(table::keys_of::<$cfg>()), )*
+                    _ => None,
+                }
+            }
+
+            /// The settings as a table (no `kind`), unset options left out; `filled` writes
+            /// out every default that depends on another key.
+            fn settings_table(&self, filled: bool) -> Result<toml::Table> {
+                match self {
+                    $( SamplerSpec::$variant(c) => {
+                        if filled { table::to_table(&c.filled()) } else { table::to_table(c) }
+                    } )*
+                }
+            }
+
+            /// The same settings with every default that depends on another key written out.
+            pub fn filled(&self) -> Self {
+                match self { $( SamplerSpec::$variant(c) => SamplerSpec::$variant(c.filled()), )* }
+            }
+
+            /// Parses the table of a known `kind` (unknown keys, values and types checked).
+            fn parse_kind(kind: &str, t: toml::Table) -> Result<Self> {
+                match kind {
+                    $( $kind => Ok(SamplerSpec::$variant(table::parse::<$cfg>(kind, t)?)), )*
+                    other => Err(unknown_kind(other)),
+                }
+            }
+        }
+
+        $( impl From<$cfg> for SamplerSpec {
+            fn from(c: $cfg) -> Self {
+                SamplerSpec::$variant(c)
+            }
+        } )*
+    };
+}
+
+methods! {
+    /// Algorithm 1 (docs/algorithms.md, "Algorithm 1 (annealed)").
+    Annealed("annealed", annealed::AnnealedConfig),
+    /// Algorithm 2 with its warm start.
+    Local("local", local::LocalConfig),
+    /// Algorithm 3.
+    Cs("cs", cs::CsConfig),
+    Ula("ula", ula::UlaConfig),
+    Mala("mala", mala::MalaConfig),
+    Dps("dps", dps::DpsConfig),
+    Daps("daps", daps::DapsConfig),
+    Ald("ald", ald::AldConfig),
+    /// Exact posterior samples (priors with a closed-form posterior).
+    Exact("exact", NoSettings),
+    /// Unconditional diffusion samples of the prior.
+    Prior("prior", diffusion::DiffusionConfig),
+    /// SMC over tempered posteriors (multimodal posteriors; the evidence).
+    Smc("smc", smc::SmcConfig),
+}
+
+fn unknown_kind(kind: &str) -> Error {
+    Error::param(
+        "sampler.kind",
+        format!(
+            "unknown sampler kind `{kind}` (expected one of: {})",
+            KINDS.join(" | ")
+        ),
+    )
 }
 
 impl Default for SamplerSpec {
@@ -94,36 +123,17 @@ impl Default for SamplerSpec {
     }
 }
 
-/// Every `kind`.
-pub const KINDS: [&str; 11] = [
-    "annealed", "local", "cs", "ula", "mala", "dps", "daps", "ald", "exact", "prior", "smc",
-];
-
 impl SamplerSpec {
-    /// The `kind` name.
-    pub fn name(&self) -> &'static str {
-        match self {
-            SamplerSpec::Annealed(_) => "annealed",
-            SamplerSpec::Local(_) => "local",
-            SamplerSpec::Cs(_) => "cs",
-            SamplerSpec::Ula(_) => "ula",
-            SamplerSpec::Mala(_) => "mala",
-            SamplerSpec::Dps(_) => "dps",
-            SamplerSpec::Daps(_) => "daps",
-            SamplerSpec::Ald(_) => "ald",
-            SamplerSpec::Exact(_) => "exact",
-            SamplerSpec::Prior(_) => "prior",
-            SamplerSpec::Smc(_) => "smc",
-        }
-    }
-
-    /// Parses a `[sampler]` table given as any serde map (a TOML table, a JSON object, a Python
-    /// dict): `kind` defaults to `"annealed"`; an unknown kind, an unknown key or a value out of
-    /// range is an error naming the field.
-    pub fn from_map(mut map: serde_json::Map<String, serde_json::Value>) -> Result<Self> {
-        let kind = match map.get("kind") {
+    /// Parses a `[sampler]` table: `kind` defaults to `"annealed"`; deprecated names are
+    /// renamed; an unknown kind, an unknown key, a value of the wrong type, a non-finite float,
+    /// a count over the limit or a value out of range is an error naming the key
+    /// ([`super::table`]). The result has its dependent defaults written out
+    /// ([`SamplerSpec::filled`]), so it equals the spec parsed back from its own table.
+    pub fn from_toml(table: &toml::Table) -> Result<Self> {
+        let mut t = table.clone();
+        let kind = match t.remove("kind") {
             None => "annealed".to_string(),
-            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(toml::Value::String(s)) => s,
             Some(_) => {
                 return Err(Error::param(
                     "sampler.kind",
@@ -131,132 +141,74 @@ impl SamplerSpec {
                 ))
             }
         };
-        if !KINDS.contains(&kind.as_str()) {
-            return Err(Error::param(
-                "sampler.kind",
-                format!(
-                    "unknown sampler kind `{kind}` (expected one of: {})",
-                    KINDS.join(" | ")
-                ),
-            ));
-        }
-        map.insert("kind".into(), serde_json::Value::String(kind.clone()));
-        check_counts(&map)?;
-        let spec = SamplerSpec::deserialize(serde_json::Value::Object(map)).map_err(|e| {
-            Error::param(
-                "sampler",
-                format!("(kind = \"{kind}\"): {e} (see the config reference in the README)"),
-            )
-        })?;
-        spec.validate()?;
-        Ok(spec)
-    }
-
-    /// Range checks of every setting (no problem needed): run before anything is loaded.
-    pub fn validate(&self) -> Result<()> {
-        match self {
-            SamplerSpec::Annealed(c) => c.validate(),
-            SamplerSpec::Local(l) => {
-                if let super::settings::WarmStart::Dps(c) = &l.warm_start {
-                    c.validate()?;
-                }
-                l.local.annealed.validate()
+        let renamed = table::rename_deprecated(&kind, &mut t)?;
+        let parsed = Self::parse_kind(&kind, t).and_then(|spec| {
+            spec.validate()?;
+            Ok(spec.filled())
+        });
+        // Errors name the key as the table wrote it.
+        parsed.map_err(|e| match e {
+            Error::InvalidParam { field, reason } => {
+                let field = renamed
+                    .iter()
+                    .find(|(_, new)| field == format!("sampler.{new}"))
+                    .map(|(old, _)| format!("sampler.{old}"))
+                    .unwrap_or(field);
+                Error::InvalidParam { field, reason }
             }
-            SamplerSpec::Cs(c) => c.validate(),
-            SamplerSpec::Ula(c) => c.validate(),
-            SamplerSpec::Mala(c) => c.validate(),
-            SamplerSpec::Dps(c) => c.validate(),
-            SamplerSpec::Daps(c) => c.validate(),
-            SamplerSpec::Ald(c) => c.validate(),
-            SamplerSpec::Exact(_) => Ok(()),
-            SamplerSpec::Prior(c) => c.validate("steps"),
-            SamplerSpec::Smc(c) => c.validate(),
-        }
+            other => other,
+        })
     }
 
-    /// Parses from any serialisable table (e.g. a `toml::Table`).
+    /// [`SamplerSpec::from_toml`] from any JSON object (a Python dict, `summary.json` `params`).
+    pub fn from_map(map: serde_json::Map<String, serde_json::Value>) -> Result<Self> {
+        Self::from_toml(&table::from_json(map)?)
+    }
+
+    /// Parses from any serialisable table (a `toml::Table`, a JSON object).
     pub fn from_table<T: Serialize>(t: &T) -> Result<Self> {
-        match serde_json::to_value(t) {
-            Ok(serde_json::Value::Object(m)) => Self::from_map(m),
+        match toml::Value::try_from(t) {
+            Ok(toml::Value::Table(t)) => Self::from_toml(&t),
             Ok(_) => Err(Error::param("sampler", "must be a table")),
             Err(e) => Err(Error::param("sampler", e.to_string())),
         }
     }
 
-    /// The flat table of every setting (defaults filled in), as `summary.json` `params` holds it.
-    pub fn to_table(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    /// Every float finite and every count in range ([`table::check_values`]), then the
+    /// method's own range checks: no problem needed, run before anything is loaded.
+    pub fn validate(&self) -> Result<()> {
+        table::check_values(&self.settings_table(false)?)?;
+        self.method().validate()
     }
 
-    /// Samples per population: 1 for independent chains; SMC's particle systems (`particles`,
-    /// default all `n`).
+    /// The `[sampler]` table with every default filled in (`summary.json` `params`), `kind`
+    /// included.
+    pub fn to_toml(&self) -> toml::Table {
+        let mut t = self.settings_table(true).unwrap_or_default();
+        t.insert("kind".into(), toml::Value::String(self.name().into()));
+        t
+    }
+
+    /// [`SamplerSpec::to_toml`] as JSON.
+    pub fn to_table(&self) -> serde_json::Value {
+        serde_json::to_value(self.to_toml()).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Samples per population (the method's; 1 for independent chains).
     pub fn population_size(&self, n: usize) -> usize {
-        match self {
-            SamplerSpec::Smc(c) => c.population_size(n),
-            _ => 1,
-        }
+        self.method().population_size(n)
     }
 }
 
-/// Largest value of any count setting (stages, steps, moves, particles): far above any useful
-/// value, and small enough that no schedule or buffer of that length is a problem.
-pub const MAX_COUNT: u64 = 10_000_000;
-
-/// Largest number of Langevin steps per sample (`stages x steps_per_stage`, `stages x
-/// moves_per_stage`): 1e8 network passes per sample is years of compute.
-pub const MAX_STEPS: u64 = 100_000_000;
-
-/// Count settings are checked before anything is built from them: each at most [`MAX_COUNT`],
-/// stages times steps at most [`MAX_STEPS`] (a clear error instead of a run that never ends or
-/// a schedule that cannot be allocated).
-fn check_counts(map: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
-    const COUNTS: [&str; 13] = [
-        "stages",
-        "steps",
-        "steps_per_stage",
-        "init_steps",
-        "moves_per_stage",
-        "final_moves",
-        "particles",
-        "ode_steps",
-        "max_stages",
-        "levels",
-        "steps_per_level",
-        "annealing_steps",
-        "langevin_steps",
-    ];
-    let get = |k: &str| map.get(k).and_then(|v| v.as_u64());
-    for k in COUNTS {
-        if let Some(v) = get(k) {
-            if v > MAX_COUNT {
-                return Err(Error::param(
-                    format!("sampler.{k}"),
-                    format!("{v} is more than the limit of {MAX_COUNT}"),
-                ));
-            }
-        }
+impl Serialize for SamplerSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.to_toml().serialize(s)
     }
-    let stages = get("stages")
-        .or(get("levels"))
-        .or(get("annealing_steps"))
-        .unwrap_or(1);
-    for k in [
-        "steps_per_stage",
-        "steps_per_level",
-        "langevin_steps",
-        "moves_per_stage",
-    ] {
-        if let Some(v) = get(k) {
-            if stages.saturating_mul(v) > MAX_STEPS {
-                return Err(Error::param(
-                    format!("sampler.{k}"),
-                    format!(
-                        "stages x {k} = {} steps per sample is more than the limit of {MAX_STEPS}",
-                        stages.saturating_mul(v)
-                    ),
-                ));
-            }
-        }
+}
+
+impl<'de> Deserialize<'de> for SamplerSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let t = toml::Table::deserialize(d)?;
+        SamplerSpec::from_toml(&t).map_err(serde::de::Error::custom)
     }
-    Ok(())
 }

@@ -4,27 +4,17 @@
 //! docs/algorithms.md, "ULA"; step 3 of Algorithm 1 with the final `eta`).
 
 use candle_core::Tensor;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::diffusion::DiffusionConfig;
+use super::method::{Kernel, Method};
+use super::settings::{Init, ScoreLevel, Start, StartKind, Step};
+
 use super::health::CHECK_EVERY;
 use super::integrator::{Integrator, LikelihoodFlow};
 use super::{prior_lipschitz_at, Counted, Info, Monitor, Output, Problem, StepRule};
 use crate::prior::{Denoiser, ExactSample};
 use crate::rng::SampleStreams;
 use crate::{Error, Result};
-
-/// Where a Langevin chain starts.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum Init {
-    /// A prior sample drawn by reverse diffusion (counts its score evaluations).
-    Diffusion(DiffusionConfig),
-    /// Standard normal noise `N(0, I)` in the units of x.
-    Noise,
-    /// An exact prior sample (analytic priors only; no score evaluations).
-    ExactPrior,
-}
 
 /// Draws the initial points.
 pub(crate) fn initialise(
@@ -48,29 +38,34 @@ pub(crate) fn initialise(
     }
 }
 
-/// ULA settings.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// ULA settings (`kind = "ula"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct UlaConfig {
     /// Number of Langevin steps (default 2000).
     pub steps: usize,
-    pub step: StepRule,
-    pub init: Init,
-    /// Overrides the prior's Lipschitz constant in the step rule.
-    pub l_prior: Option<f64>,
-    /// Noise level of the prior score (default: the prior's sigma_min; see [`super::score_level`]).
-    pub score_sigma: Option<f64>,
+    /// `h_rel` (default 0.2) or `h`.
+    #[serde(flatten)]
+    pub step: Step,
+    /// Default: the diffusion start.
+    #[serde(flatten)]
+    pub start: Start,
+    #[serde(flatten)]
+    pub score: ScoreLevel,
     /// Euler-Maruyama (default) or the exact-likelihood splitting (`h = h_rel / L_prior`).
     pub integrator: Integrator,
 }
+
+/// ULA's default `h_rel`.
+pub const H_REL: f64 = 0.2;
 
 impl Default for UlaConfig {
     fn default() -> Self {
         Self {
             steps: 2000,
-            step: StepRule::Relative { h_rel: 0.2 },
-            init: Init::Diffusion(DiffusionConfig::default()),
-            l_prior: None,
-            score_sigma: None,
+            step: Step::default(),
+            start: Start::default(),
+            score: ScoreLevel::default(),
             integrator: Integrator::Euler,
         }
     }
@@ -79,14 +74,21 @@ impl Default for UlaConfig {
 impl UlaConfig {
     /// Range checks that need no problem.
     pub fn validate(&self) -> Result<()> {
-        self.step.validate()?;
+        self.step.rule(H_REL)?;
         if self.steps == 0 {
             return Err(Error::param("sampler.steps", "must be >= 1"));
         }
-        if let Init::Diffusion(c) = &self.init {
-            c.validate("init_steps")?;
-        }
+        self.start.resolve(StartKind::Diffusion)?;
         Ok(())
+    }
+
+    /// Every default written out (`summary.json` `params`).
+    pub fn filled(&self) -> Self {
+        Self {
+            step: self.step.filled(H_REL),
+            start: self.start.filled(StartKind::Diffusion),
+            ..self.clone()
+        }
     }
 }
 
@@ -160,12 +162,13 @@ pub fn sample(
     streams: &mut SampleStreams,
     mon: &dyn Monitor,
 ) -> Result<Output> {
-    cfg.step.validate()?;
+    let step = cfg.step.rule(H_REL)?;
+    let init = cfg.start.resolve(StartKind::Diffusion)?;
     let counted = Counted::new(problem.prior);
-    let s_sigma = super::score_level(problem.prior, cfg.score_sigma)?;
-    let l = match cfg.step {
+    let s_sigma = super::score_level(problem.prior, cfg.score.score_sigma)?;
+    let l = match step {
         StepRule::Fixed { .. } => 0.0,
-        _ => prior_lipschitz_at(problem.prior, cfg.l_prior, s_sigma)?,
+        _ => prior_lipschitz_at(problem.prior, cfg.score.l_prior, s_sigma)?,
     };
     let (integrator, integrator_note) = problem.integrator(cfg.integrator);
     let a = if integrator.likelihood_in_step() {
@@ -173,11 +176,11 @@ pub fn sample(
     } else {
         0.0
     };
-    let h = cfg.step.step(l, a, problem.eta);
+    let h = step.step(l, a, problem.eta);
     let x = initialise(
         &counted,
         exact,
-        &cfg.init,
+        &init,
         streams,
         &super::Silent,
         "ula init",
@@ -210,4 +213,30 @@ pub fn sample(
         },
         warm_start: None,
     })
+}
+
+impl Method for UlaConfig {
+    fn validate(&self) -> Result<()> {
+        UlaConfig::validate(self)
+    }
+
+    fn prepare(&self, problem: &Problem) -> Result<Box<dyn Kernel>> {
+        problem.a_norm()?;
+        Ok(Box::new(self.clone()))
+    }
+
+    fn filled(&self) -> Self {
+        UlaConfig::filled(self)
+    }
+}
+
+impl Kernel for UlaConfig {
+    fn sample(
+        &self,
+        problem: &Problem,
+        streams: &mut SampleStreams,
+        mon: &dyn Monitor,
+    ) -> Result<Output> {
+        sample(problem, problem.prior.as_exact_sample(), self, streams, mon)
+    }
 }

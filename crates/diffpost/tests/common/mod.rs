@@ -274,7 +274,7 @@ pub fn shared(cell: &'static std::sync::OnceLock<Bench>, make: fn() -> Bench) ->
 pub mod run {
     use super::*;
     use diffpost::prior::LogDensity;
-    use diffpost::sampler::ula::Init;
+    use diffpost::sampler::settings::{Start, StartKind, Step};
     use diffpost::sampler::*;
 
     /// Algorithm 1 with its default configuration (20 stages, 400 steps each, diffusion start).
@@ -301,10 +301,8 @@ pub mod run {
     pub fn ula_cfg() -> ula::UlaConfig {
         ula::UlaConfig {
             steps: 5000,
-            step: StepRule::Relative { h_rel: 0.5 },
-            init: Init::ExactPrior,
-            l_prior: None,
-            score_sigma: None,
+            step: Step::relative(0.5),
+            start: Start::kind(StartKind::ExactPrior),
             ..Default::default()
         }
     }
@@ -327,8 +325,8 @@ pub mod run {
     pub fn mala_cfg() -> mala::MalaConfig {
         mala::MalaConfig {
             steps: 4000,
-            step: StepRule::Relative { h_rel: 0.5 },
-            init: Init::ExactPrior,
+            step: Step::relative(0.5),
+            start: Start::kind(StartKind::ExactPrior),
             l_prior: None,
         }
     }
