@@ -15,8 +15,8 @@ use diffpost::prior::{Denoiser, GaussianMixture, GaussianTilted};
 use diffpost::rng::SampleStreams;
 use diffpost::sampler::annealed::AnnealedConfig;
 use diffpost::sampler::cs::{self, CsConfig, EstimatorKind};
-use diffpost::sampler::settings::ScoreLevel;
 use diffpost::sampler::local::{self, LocalConfig};
+use diffpost::sampler::settings::ScoreLevel;
 use diffpost::sampler::{Output, Silent};
 
 static BENCH: OnceLock<Bench> = OnceLock::new();
@@ -227,9 +227,7 @@ fn cs_least_squares_marginal_is_posterior() {
 #[test]
 fn cs_lasso_marginal_is_posterior() {
     let b = bench();
-    let (m, _) = timed("cs lasso", || {
-        run_cs(&b.prior, EstimatorKind::Lasso, 500)
-    });
+    let (m, _) = timed("cs lasso", || run_cs(&b.prior, EstimatorKind::Lasso, 500));
     report("cs lasso (Alg. 3)", &m, &b.floors);
     assert!(at_floor(&m, &b.floors), "{m:?}");
 }

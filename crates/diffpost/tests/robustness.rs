@@ -12,9 +12,9 @@ use diffpost::prior::{Denoiser, ExactSample, GaussianMixture, Perturbation, Pert
 use diffpost::rng::SampleStreams;
 use diffpost::sampler::annealed::AnnealedConfig;
 use diffpost::sampler::diffusion::DiffusionConfig;
+use diffpost::sampler::settings::{Start, Step};
 use diffpost::sampler::ula::UlaConfig;
 use diffpost::sampler::{annealed, ula, Problem, Silent};
-use diffpost::sampler::settings::{Start, Step};
 
 const D: usize = 1000;
 const N: usize = 200;

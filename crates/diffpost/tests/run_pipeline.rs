@@ -275,10 +275,15 @@ fn non_finite_floats_are_refused_in_every_key_of_every_kind() {
             for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
                 let mut t = base(kind);
                 t.insert(key.clone(), toml::Value::Float(bad));
-                let (f, reason) = field(SamplerSpec::from_toml(&t).expect_err(&format!(
-                    "{kind}.{key} = {bad} was accepted"
-                )));
-                assert_eq!(f, format!("sampler.{key}"), "{kind}.{key} = {bad}: {reason}");
+                let (f, reason) = field(
+                    SamplerSpec::from_toml(&t)
+                        .expect_err(&format!("{kind}.{key} = {bad} was accepted")),
+                );
+                assert_eq!(
+                    f,
+                    format!("sampler.{key}"),
+                    "{kind}.{key} = {bad}: {reason}"
+                );
                 if typed_ok {
                     assert!(reason.contains("finite"), "{kind}.{key} = {bad}: {reason}");
                 }
@@ -294,7 +299,10 @@ fn non_finite_floats_are_refused_in_every_key_of_every_kind() {
         "clip".into(),
         toml::Value::Array(vec![toml::Value::Float(f64::NAN), toml::Value::Float(1.0)]),
     );
-    assert_eq!(field(SamplerSpec::from_toml(&t).unwrap_err()).0, "sampler.clip");
+    assert_eq!(
+        field(SamplerSpec::from_toml(&t).unwrap_err()).0,
+        "sampler.clip"
+    );
     // Configs built in code go through the same check.
     let s = SamplerSpec::Ula(diffpost::sampler::ula::UlaConfig {
         step: diffpost::sampler::settings::Step::relative(f64::NAN),

@@ -20,8 +20,8 @@ use crate::operator::{Dense, Identity, LinearOperator, Mask};
 use crate::run::summary::{RunInputs, RunSummary};
 use crate::run::{ProblemParts, RunOutput};
 use crate::sampler::local::WarmStart;
-use crate::sampler::table::deprecated_keys;
 use crate::sampler::spec::SamplerSpec;
+use crate::sampler::table::deprecated_keys;
 use crate::{Error, Result};
 
 /// `[operator]` for vectors: a dense matrix, a 0/1 mask, the identity.

@@ -99,9 +99,11 @@ impl RunSummary {
             fingerprint: inputs.fingerprint,
             wall_s,
             warnings: inputs.warnings,
-            health_warnings: out
-                .diagnostics
-                .warnings(Some(spec), &out.info, out.layout.population_size),
+            health_warnings: out.diagnostics.warnings(
+                Some(spec),
+                &out.info,
+                out.layout.population_size,
+            ),
             extra: Default::default(),
         }
     }

@@ -7,8 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::method::{Kernel, Method};
 use super::health::CHECK_EVERY;
+use super::method::{Kernel, Method};
 use super::{prior_lipschitz, Counted, Info, Monitor, Output, Problem};
 use crate::prior::Denoiser;
 use crate::rng::SampleStreams;

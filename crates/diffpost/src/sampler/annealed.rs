@@ -12,9 +12,9 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::integrator::Integrator;
+use super::method::{Kernel, Method};
 use super::settings::{AdmissibleKeys, EtaScheduleKind, ScoreLevel, Start, StartKind, Step};
 use super::ula::{initialise, langevin};
-use super::method::{Kernel, Method};
 use super::{Counted, Info, Monitor, Output, Problem, StepRule};
 use crate::prior::{Denoiser, ExactSample};
 use crate::rng::SampleStreams;
@@ -253,7 +253,11 @@ impl Method for AnnealedConfig {
         Ok(Box::new(self.clone()))
     }
 
-    fn record_resolved(&self, info: &Info, params: &mut serde_json::Map<String, serde_json::Value>) {
+    fn record_resolved(
+        &self,
+        info: &Info,
+        params: &mut serde_json::Map<String, serde_json::Value>,
+    ) {
         record_eta_max(info, params);
     }
 

@@ -149,7 +149,11 @@ impl Method for CsConfig {
         }))
     }
 
-    fn record_resolved(&self, info: &Info, params: &mut serde_json::Map<String, serde_json::Value>) {
+    fn record_resolved(
+        &self,
+        info: &Info,
+        params: &mut serde_json::Map<String, serde_json::Value>,
+    ) {
         super::annealed::record_eta_max(info, params);
     }
 

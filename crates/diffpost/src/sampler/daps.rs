@@ -6,8 +6,8 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::method::{Kernel, Method};
 use super::health::CHECK_EVERY;
+use super::method::{Kernel, Method};
 use super::{Counted, Info, Monitor, Output, Problem};
 use crate::prior::Denoiser;
 use crate::rng::SampleStreams;

@@ -9,8 +9,8 @@
 use candle_core::{Var, D};
 use serde::{Deserialize, Serialize};
 
-use super::method::{missing, Kernel, Method};
 use super::health::CHECK_EVERY;
+use super::method::{missing, Kernel, Method};
 use super::{Counted, Info, Monitor, Output, Problem};
 use crate::prior::Denoiser;
 use crate::rng::SampleStreams;

@@ -36,7 +36,11 @@ impl Method for NoSettings {
             .flatten_all()?
             .to_dtype(candle_core::DType::F64)?
             .to_vec1()?;
-        Ok(Box::new(ExactKernel(g.posterior(problem.op, &y, problem.eta)?)))
+        Ok(Box::new(ExactKernel(g.posterior(
+            problem.op,
+            &y,
+            problem.eta,
+        )?)))
     }
 }
 

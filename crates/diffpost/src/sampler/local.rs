@@ -184,7 +184,11 @@ impl Method for LocalConfig {
         }))
     }
 
-    fn record_resolved(&self, info: &Info, params: &mut serde_json::Map<String, serde_json::Value>) {
+    fn record_resolved(
+        &self,
+        info: &Info,
+        params: &mut serde_json::Map<String, serde_json::Value>,
+    ) {
         super::annealed::record_eta_max(info, params);
     }
 
@@ -241,11 +245,7 @@ impl Warm {
     }
 
     /// The batch's `x0` and the evaluations per sample it cost.
-    fn draw(
-        &self,
-        problem: &Problem,
-        streams: &mut SampleStreams,
-    ) -> Result<(Tensor, u64)> {
+    fn draw(&self, problem: &Problem, streams: &mut SampleStreams) -> Result<(Tensor, u64)> {
         Ok(match self {
             Warm::Dps(dc) => {
                 let o = dps::sample(problem, dc, streams, &Silent)?;
@@ -349,15 +349,5 @@ pub(crate) fn sample_tilted(
     };
     let local = problem.with_prior(&tilted as &dyn Denoiser);
     let start = if start_at_x0 { Some(x0) } else { None };
-    sample_with(
-        &local,
-        None,
-        annealed,
-        a,
-        l,
-        start,
-        streams,
-        mon,
-        "local",
-    )
+    sample_with(&local, None, annealed, a, l, start, streams, mon, "local")
 }

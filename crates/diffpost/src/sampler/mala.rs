@@ -6,8 +6,8 @@
 use candle_core::{Tensor, D};
 use serde::{Deserialize, Serialize};
 
-use super::method::{missing, Kernel, Method};
 use super::health::CHECK_EVERY;
+use super::method::{missing, Kernel, Method};
 use super::settings::{Start, StartKind, Step};
 use super::ula::initialise;
 use super::{prior_lipschitz, Counted, Info, Monitor, Output, Problem, StepRule};
@@ -148,14 +148,7 @@ pub fn sample(
         _ => prior_lipschitz(problem.prior, cfg.l_prior)?,
     };
     let h = step.step(l, problem.a_norm()?, problem.eta);
-    let x = initialise(
-        &counted,
-        exact,
-        &init,
-        streams,
-        &super::Silent,
-        "mala init",
-    )?;
+    let x = initialise(&counted, exact, &init, streams, &super::Silent, "mala init")?;
     let init_evals = counted.evals();
     let total = init_evals + 1 + cfg.steps as u64;
     let (x, acceptance) = steps(
@@ -222,6 +215,13 @@ impl Kernel for MalaConfig {
             .prior
             .as_log_density()
             .ok_or_else(|| missing("mala", "an analytic (gmm/isotropic) prior"))?;
-        sample(problem, prior, problem.prior.as_exact_sample(), self, streams, mon)
+        sample(
+            problem,
+            prior,
+            problem.prior.as_exact_sample(),
+            self,
+            streams,
+            mon,
+        )
     }
 }

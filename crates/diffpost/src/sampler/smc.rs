@@ -610,6 +610,66 @@ fn population(
     Ok((particles, weights, out, trace))
 }
 
+impl Method for SmcConfig {
+    fn validate(&self) -> Result<()> {
+        SmcConfig::validate(self)
+    }
+
+    fn prepare(&self, problem: &Problem) -> Result<Box<dyn Kernel>> {
+        problem.a_norm()?;
+        Ok(Box::new(self.clone()))
+    }
+
+    fn population_size(&self, n: usize) -> usize {
+        SmcConfig::population_size(self, n)
+    }
+
+    /// A population whose ESS fell below a tenth of its `particles` at some stage.
+    fn warnings(&self, info: &Info, particles: usize) -> Vec<String> {
+        let p = particles.max(1) as f64;
+        let collapsed = info
+            .smc
+            .iter()
+            .flatten()
+            .filter_map(|t| {
+                t.ess_before
+                    .iter()
+                    .enumerate()
+                    .find(|(_, e)| **e < 0.1 * p)
+                    .map(|(s, e)| (s + 1, *e))
+            })
+            .collect::<Vec<_>>();
+        match collapsed.first() {
+            Some((stage, e)) => vec![format!(
+                "SMC: the effective sample size fell to {e:.1} of {particles} particles at stage \
+                 {stage} ({} of {} populations): the weights rest on few particles; use the \
+                 adaptive schedule, more particles or a larger ess_target",
+                collapsed.len(),
+                info.smc.as_ref().map_or(0, |t| t.len())
+            )],
+            None => Vec::new(),
+        }
+    }
+}
+
+impl Kernel for SmcConfig {
+    fn sample(
+        &self,
+        problem: &Problem,
+        streams: &mut SampleStreams,
+        mon: &dyn Monitor,
+    ) -> Result<Output> {
+        sample(
+            problem,
+            problem.prior.as_exact_sample(),
+            problem.prior.as_log_density(),
+            self,
+            streams,
+            mon,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -671,65 +731,5 @@ mod tests {
         assert!((e / p as f64 - 0.5).abs() < 1e-6, "{e}");
         // Nothing left to temper when the whole rest keeps the ESS.
         assert_eq!(next_delta(&log_w, &vec![1.0; p], 0.3, eta, 0.5), 0.7);
-    }
-}
-
-impl Method for SmcConfig {
-    fn validate(&self) -> Result<()> {
-        SmcConfig::validate(self)
-    }
-
-    fn prepare(&self, problem: &Problem) -> Result<Box<dyn Kernel>> {
-        problem.a_norm()?;
-        Ok(Box::new(self.clone()))
-    }
-
-    fn population_size(&self, n: usize) -> usize {
-        SmcConfig::population_size(self, n)
-    }
-
-    /// A population whose ESS fell below a tenth of its `particles` at some stage.
-    fn warnings(&self, info: &Info, particles: usize) -> Vec<String> {
-        let p = particles.max(1) as f64;
-        let collapsed = info
-            .smc
-            .iter()
-            .flatten()
-            .filter_map(|t| {
-                t.ess_before
-                    .iter()
-                    .enumerate()
-                    .find(|(_, e)| **e < 0.1 * p)
-                    .map(|(s, e)| (s + 1, *e))
-            })
-            .collect::<Vec<_>>();
-        match collapsed.first() {
-            Some((stage, e)) => vec![format!(
-                "SMC: the effective sample size fell to {e:.1} of {particles} particles at stage \
-                 {stage} ({} of {} populations): the weights rest on few particles; use the \
-                 adaptive schedule, more particles or a larger ess_target",
-                collapsed.len(),
-                info.smc.as_ref().map_or(0, |t| t.len())
-            )],
-            None => Vec::new(),
-        }
-    }
-}
-
-impl Kernel for SmcConfig {
-    fn sample(
-        &self,
-        problem: &Problem,
-        streams: &mut SampleStreams,
-        mon: &dyn Monitor,
-    ) -> Result<Output> {
-        sample(
-            problem,
-            problem.prior.as_exact_sample(),
-            problem.prior.as_log_density(),
-            self,
-            streams,
-            mon,
-        )
     }
 }

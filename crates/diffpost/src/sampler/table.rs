@@ -94,7 +94,10 @@ pub fn to_table<T: Serialize>(c: &T) -> Result<toml::Table> {
 /// Parses the table of `kind` (without its `kind` key, deprecated names renamed) into its config
 /// `T`: steps 2-3 of the module doc. The value checks ([`check_values`]) and the method's own range checks are
 /// `SamplerSpec::validate`'s.
-pub fn parse<T: DeserializeOwned + Serialize + Default>(kind: &str, table: toml::Table) -> Result<T> {
+pub fn parse<T: DeserializeOwned + Serialize + Default>(
+    kind: &str,
+    table: toml::Table,
+) -> Result<T> {
     let keys = keys_of::<T>();
     if let Some(k) = table.keys().find(|k| !keys.contains(k)) {
         let mut known = keys.clone();
@@ -115,10 +118,9 @@ pub fn parse<T: DeserializeOwned + Serialize + Default>(kind: &str, table: toml:
             T::deserialize(toml::Value::Table(one)).is_err()
         });
         match key {
-            Some((k, v)) => Error::param(
-                format!("sampler.{k}"),
-                format!("{} (got {v})", e.message()),
-            ),
+            Some((k, v)) => {
+                Error::param(format!("sampler.{k}"), format!("{} (got {v})", e.message()))
+            }
             None => Error::param("sampler", e.message().to_string()),
         }
     })

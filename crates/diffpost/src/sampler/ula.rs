@@ -177,14 +177,7 @@ pub fn sample(
         0.0
     };
     let h = step.step(l, a, problem.eta);
-    let x = initialise(
-        &counted,
-        exact,
-        &init,
-        streams,
-        &super::Silent,
-        "ula init",
-    )?;
+    let x = initialise(&counted, exact, &init, streams, &super::Silent, "ula init")?;
     let init_evals = counted.evals();
     let total = init_evals + cfg.steps as u64;
     let x = langevin(
