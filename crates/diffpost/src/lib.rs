@@ -8,22 +8,19 @@
 
 pub mod bench;
 pub mod bench_integrator;
-pub mod commit;
 pub mod config;
-pub mod error;
 pub mod metrics;
 pub mod schedule;
 
-pub use error::{Error, Result};
 pub mod image_metrics;
 pub mod imaging;
-pub mod io;
-pub mod limits;
 pub mod nn;
 pub mod operator;
 pub mod prior;
 pub mod problem;
-pub mod rng;
 pub mod run;
 pub mod sampler;
-pub mod sysalloc;
+
+// The base crate, at the paths the library always had (`diffpost::io`, `diffpost::Error`, ...).
+pub use diffpost_core::error::{self, Error, Result};
+pub use diffpost_core::{commit, io, limits, rng, sysalloc};

@@ -130,7 +130,7 @@ impl NpzReader {
 /// Why the sizes a zip directory claims for an entry cannot be trusted, if they cannot:
 /// encryption or a compression other than stored/deflate, a stored entry whose sizes differ, a
 /// deflated one beyond deflate's maximum ratio, or more packed bytes than the archive holds.
-pub(crate) fn entry_problem(
+pub fn entry_problem(
     size: u64,
     packed: u64,
     method: CompressionMethod,

@@ -135,7 +135,7 @@ pub fn note_conversion(note: String) {
 }
 
 /// The conversions recorded on this thread since the last call (and clears them). Loading a
-/// problem takes them into [`crate::config::LoadedProblem::conversions`].
+/// problem takes them into `diffpost::config::LoadedProblem::conversions`.
 pub fn take_conversion_notes() -> Vec<String> {
     CONVERSIONS.with(|c| std::mem::take(&mut *c.borrow_mut()))
 }

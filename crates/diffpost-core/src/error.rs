@@ -49,7 +49,7 @@ pub enum Error {
     #[error("{what}: {reason}")]
     Memory { what: String, reason: String },
     /// The run was stopped by its caller (a cancel flag, see
-    /// [`crate::run::RunContext::with_cancel`]) or by a failed callback.
+    /// `diffpost::run::RunContext::with_cancel`) or by a failed callback.
     #[error("cancelled: {0}")]
     Cancelled(String),
     /// Error from candle.
