@@ -20,8 +20,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
-
-use crate::{Error, Result};
+use diffpost_core::{Error, Result};
 
 /// The container of a weight file, told by its first bytes (not its extension).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +90,7 @@ pub fn load_state_dict(path: &Path, key: Option<&str>) -> Result<HashMap<String,
         path: path.to_path_buf(),
         reason,
     };
-    crate::io::file_len(path).map_err(|r| ferr(format!("model weights: {r}")))?;
+    diffpost_core::io::file_len(path).map_err(|r| ferr(format!("model weights: {r}")))?;
     let mut tensors: HashMap<String, Tensor> = match detect_format(path)? {
         WeightFormat::Safetensors => {
             if key.is_some() {

@@ -1,4 +1,4 @@
-//! Pretrained checkpoints users bring, as [`Denoiser`](crate::prior::Denoiser)s: guided-diffusion
+//! Pretrained checkpoints users bring, as denoisers (`diffpost::prior::Denoiser`): guided-diffusion
 //! / ADM (DPS's FFHQ model) and diffusers `UNet2DModel` repositories, read from `.pt` (PyTorch zip,
 //! no code executed) or `.safetensors` ([`super::checkpoint`]) and wrapped by the VP adapter
 //! ([`super::vp`]).
@@ -6,13 +6,13 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
+use diffpost_core::{Error, Result};
 use serde::Deserialize;
 
 use super::checkpoint::{build_checked, load_state_dict};
 use super::diffusers_unet::{UNet2DConfig, UNet2DModel};
 use super::guided::{GuidedUNet, GuidedUNetConfig};
 use super::vp::{BetaSchedule, Prediction, TimestepNetwork, VpSchedule};
-use crate::{Error, Result};
 
 impl TimestepNetwork for GuidedUNet {
     fn forward(&self, x: &Tensor, timesteps: &Tensor) -> candle_core::Result<Tensor> {
@@ -85,7 +85,7 @@ pub fn diffusers_files(path: &Path) -> Result<DiffusersFiles> {
         reason,
     };
     if let Err(e) = std::fs::metadata(path) {
-        return Err(ferr(crate::io::describe_io_error(&e)));
+        return Err(ferr(diffpost_core::io::describe_io_error(&e)));
     }
     let (unet_dir, weights) = if path.is_file() {
         (

@@ -102,8 +102,8 @@ impl UNetConfig {
     }
 
     /// Checks the configuration, naming the offending field.
-    pub fn validate(&self) -> crate::Result<()> {
-        use crate::Error;
+    pub fn validate(&self) -> diffpost_core::Result<()> {
+        use diffpost_core::Error;
         positive(self.in_channels, "in_channels")?;
         positive(self.image_size[0], "image_size")?;
         positive(self.image_size[1], "image_size")?;
@@ -480,7 +480,7 @@ impl UNet {
 }
 
 /// Number of parameters of the architecture (builds it once with zero weights on the CPU).
-pub fn param_count(cfg: &UNetConfig) -> crate::Result<usize> {
+pub fn param_count(cfg: &UNetConfig) -> diffpost_core::Result<usize> {
     let store = super::params::SeededParams::new(0);
     UNet::new(cfg, store.var_builder(&Device::Cpu))?;
     Ok(store.num_params())
@@ -491,7 +491,7 @@ pub fn init_unet(
     cfg: &UNetConfig,
     seed: u64,
     device: &Device,
-) -> crate::Result<(UNet, Vec<(String, candle_core::Var)>)> {
+) -> diffpost_core::Result<(UNet, Vec<(String, candle_core::Var)>)> {
     let store = super::params::SeededParams::new(seed);
     let net = UNet::new(cfg, store.var_builder(device))?;
     Ok((net, store.vars()))

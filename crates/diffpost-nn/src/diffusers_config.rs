@@ -223,11 +223,11 @@ impl UNet2DConfig {
     }
 
     /// A preset by name: one of [`PRESETS`].
-    pub fn preset(name: &str) -> crate::Result<Self> {
+    pub fn preset(name: &str) -> diffpost_core::Result<Self> {
         match name {
             "ddpm-cifar10-32" | "google/ddpm-cifar10-32" => Ok(Self::ddpm_cifar10_32()),
             "ddpm-celebahq-256" | "google/ddpm-celebahq-256" => Ok(Self::ddpm_celebahq_256()),
-            _ => Err(crate::Error::param(
+            _ => Err(diffpost_core::Error::param(
                 "preset",
                 format!("unknown preset `{name}` (known: {})", PRESETS.join(", ")),
             )),
@@ -261,8 +261,8 @@ impl UNet2DConfig {
     }
 
     /// Checks the configuration, naming the offending field.
-    pub fn validate(&self) -> crate::Result<()> {
-        use crate::Error;
+    pub fn validate(&self) -> diffpost_core::Result<()> {
+        use diffpost_core::Error;
         positive(self.in_channels, "in_channels")?;
         positive(self.out_channels, "out_channels")?;
         positive(self.layers_per_block, "layers_per_block")?;
@@ -436,7 +436,7 @@ impl UNet2DConfig {
                 ));
             }
         }
-        let check_heads = |ch: usize, what: &str| -> crate::Result<()> {
+        let check_heads = |ch: usize, what: &str| -> diffpost_core::Result<()> {
             let (heads, hd) = self.heads(ch);
             if hd == 0 || heads == 0 {
                 return Err(Error::param(

@@ -28,7 +28,7 @@ pub fn supported(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }
 
-pub(in crate::nn) fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
@@ -126,7 +126,7 @@ pub(super) fn sum_f32(xs: &[f32]) -> f32 {
 /// Every element addressed through the three pointers and strides must be in bounds, and `dst`
 /// must not overlap `lhs`, `rhs` or memory written concurrently.
 #[allow(clippy::too_many_arguments)]
-pub(in crate::nn) unsafe fn sgemm(
+pub(crate) unsafe fn sgemm(
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,
     (dst_rs, dst_cs): (usize, usize),
@@ -181,7 +181,7 @@ mod norm;
 mod softmax;
 mod upsample;
 
-pub(in crate::nn) use adam::{adam_ema_in_place, AdamCoefs};
+pub(crate) use adam::{adam_ema_in_place, AdamCoefs};
 pub use attention::{attention_block, pack_linear};
 pub use conv::conv2d;
 pub use elementwise::{add_scale, silu};

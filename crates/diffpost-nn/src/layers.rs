@@ -262,9 +262,9 @@ macro_rules! fused_kernel_switch {
 pub(super) use fused_kernel_switch;
 
 /// `Ok` when a configuration count `v` is positive, else an error naming `field`.
-pub(super) fn positive(v: usize, field: &str) -> crate::Result<()> {
+pub(super) fn positive(v: usize, field: &str) -> diffpost_core::Result<()> {
     if v == 0 {
-        Err(crate::Error::param(field, "must be positive"))
+        Err(diffpost_core::Error::param(field, "must be positive"))
     } else {
         Ok(())
     }

@@ -5,7 +5,7 @@
 //!
 //! # Checkpoints commit as one
 //!
-//! A training run holds the folder's lock (`.<name>.lock` beside it, [`crate::commit`]) from
+//! A training run holds the folder's lock (`.<name>.lock` beside it, [`diffpost_core::commit`]) from
 //! start to end, so a second `train` into the same folder fails at start. At every checkpoint
 //! it writes the whole folder (config with the step, EMA weights, checkpoint, loss log up to
 //! that step) into its staging folder `.<name>.tmp-<pid>` beside it, flushes it to disk and
@@ -23,12 +23,12 @@
 use std::path::Path;
 
 use candle_core::Device;
+use diffpost_core::commit::{Replace, Staging};
+use diffpost_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 use super::train::{CHECKPOINT_FILE, WEIGHTS_FILE};
 use super::{EdmDenoiser, TrainConfig, UNetConfig};
-use crate::commit::{Replace, Staging};
-use crate::{Error, Result};
 
 /// The model config file's name in a model folder.
 pub const CONFIG_FILE: &str = "config.json";
@@ -86,7 +86,7 @@ impl ModelFile {
 
     /// Writes `dir/config.json` (atomically).
     pub fn write(&self, dir: &Path) -> Result<()> {
-        crate::io::write_bytes(&dir.join(CONFIG_FILE), self.to_json()?.as_bytes())
+        diffpost_core::io::write_bytes(&dir.join(CONFIG_FILE), self.to_json()?.as_bytes())
     }
 
     /// True when `dir` holds a model (config and weights).

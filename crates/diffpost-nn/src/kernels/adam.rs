@@ -1,12 +1,12 @@
 //! Fused Adam (Kingma & Ba 2015, Alg. 1) + EMA update of one parameter, in place on f32 CPU
-//! tensors ([`adam_ema_in_place`]); the trainer ([`crate::nn::train`]) falls back to candle's ops
+//! tensors ([`adam_ema_in_place`]); the trainer ([`crate::train`]) falls back to candle's ops
 //! elsewhere.
 
 use candle_core::{Result, Tensor, Var};
 
 /// Step constants of Adam (Kingma & Ba 2015, Alg. 1) and the EMA.
 #[derive(Debug, Clone, Copy)]
-pub(in crate::nn) struct AdamCoefs {
+pub(crate) struct AdamCoefs {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
@@ -128,7 +128,7 @@ impl candle_core::InplaceOp3 for AdamOp {
 /// One parameter's Adam + EMA update, in place (four passes over data that stays in cache). All
 /// five tensors must be contiguous f32 CPU tensors of one size, `m`, `v` and `ema` owning their
 /// storage (the caller checks).
-pub(in crate::nn) fn adam_ema_in_place(
+pub(crate) fn adam_ema_in_place(
     var: &Var,
     g: &Tensor,
     m: &Tensor,

@@ -129,11 +129,11 @@ impl GuidedUNetConfig {
     }
 
     /// A preset by name: one of [`GUIDED_PRESETS`].
-    pub fn preset(name: &str) -> crate::Result<Self> {
+    pub fn preset(name: &str) -> diffpost_core::Result<Self> {
         match name {
             "dps-ffhq256" => Ok(Self::dps_ffhq256()),
             "adm-imagenet256-uncond" => Ok(Self::adm_imagenet256_uncond()),
-            _ => Err(crate::Error::param(
+            _ => Err(diffpost_core::Error::param(
                 "preset",
                 format!(
                     "unknown guided-diffusion preset `{name}` (known: {})",
@@ -153,7 +153,7 @@ impl GuidedUNetConfig {
     }
 
     /// The channel multipliers, `channel_mult` or guided-diffusion's default for `image_size`.
-    pub fn resolved_channel_mult(&self) -> crate::Result<Vec<usize>> {
+    pub fn resolved_channel_mult(&self) -> diffpost_core::Result<Vec<usize>> {
         if !self.channel_mult.is_empty() {
             return Ok(self.channel_mult.clone());
         }
@@ -161,12 +161,12 @@ impl GuidedUNetConfig {
             256 => Ok(vec![1, 1, 2, 2, 4, 4]),
             128 => Ok(vec![1, 1, 2, 3, 4]),
             64 => Ok(vec![1, 2, 3, 4]),
-            512 => Err(crate::Error::param(
+            512 => Err(diffpost_core::Error::param(
                 "channel_mult",
                 "guided-diffusion's default for image_size 512 is (0.5, 1, 1, 2, 2, 4, 4), which \
                  is not integer: not supported",
             )),
-            s => Err(crate::Error::param(
+            s => Err(diffpost_core::Error::param(
                 "channel_mult",
                 format!(
                     "empty, and guided-diffusion has no default for image_size {s} \
@@ -197,8 +197,8 @@ impl GuidedUNetConfig {
     }
 
     /// Checks the configuration, naming the offending field.
-    pub fn validate(&self) -> crate::Result<()> {
-        use crate::Error;
+    pub fn validate(&self) -> diffpost_core::Result<()> {
+        use diffpost_core::Error;
         positive(self.image_size, "image_size")?;
         positive(self.in_channels, "in_channels")?;
         positive(self.num_channels, "num_channels")?;

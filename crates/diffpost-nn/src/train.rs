@@ -12,14 +12,14 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
+use diffpost_core::rng::SampleStreams;
+use diffpost_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
+use super::adapter::sampler_device;
 use super::edm::{edm_loss_weight, precond_forward, EdmDenoiser, DEFAULT_SIGMA_DATA};
 use super::kernels::{adam_ema_in_place, AdamCoefs};
 use super::unet::{init_unet, UNet, UNetConfig};
-use crate::prior::Denoiser;
-use crate::rng::SampleStreams;
-use crate::{Error, Result};
 
 /// File names inside a checkpoint / export directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
@@ -404,7 +404,7 @@ impl Trainer {
         );
         map.insert("trainer.adam_start".into(), scalar(self.adam_start as i64)?);
         std::fs::create_dir_all(dir)?;
-        crate::io::atomic_write(&dir.join(CHECKPOINT_FILE), |tmp| {
+        diffpost_core::io::atomic_write(&dir.join(CHECKPOINT_FILE), |tmp| {
             Ok(candle_core::safetensors::save(&map, tmp)?)
         })
     }
@@ -418,7 +418,7 @@ impl Trainer {
             path: path.clone(),
             reason,
         };
-        crate::io::file_len(&path).map_err(|r| ferr(format!("checkpoint: {r}")))?;
+        diffpost_core::io::file_len(&path).map_err(|r| ferr(format!("checkpoint: {r}")))?;
         let map = candle_core::safetensors::load(&path, &self.device)
             .map_err(|e| ferr(format!("cannot read checkpoint: {e}")))?;
         let get = |key: &str, like: Option<&Tensor>| -> Result<Tensor> {
@@ -543,7 +543,7 @@ impl Trainer {
     pub fn export(&self, dir: &Path) -> Result<()> {
         let map: HashMap<String, Tensor> = self.ema_parameters().into_iter().collect();
         std::fs::create_dir_all(dir)?;
-        crate::io::atomic_write(&dir.join(WEIGHTS_FILE), |tmp| {
+        diffpost_core::io::atomic_write(&dir.join(WEIGHTS_FILE), |tmp| {
             Ok(candle_core::safetensors::save(&map, tmp)?)
         })
     }
@@ -561,7 +561,7 @@ impl Trainer {
 /// `[N, ...]` with `denoiser.dim()` entries per row; `n_i` comes from stream `(seed, i)` and is
 /// shared across sigmas (so the curve is smooth in sigma).
 pub fn held_out_loss_per_sigma(
-    denoiser: &dyn Denoiser,
+    denoiser: &EdmDenoiser,
     data: &Tensor,
     sigmas: &[f64],
     seed: u64,
@@ -575,7 +575,7 @@ pub fn held_out_loss_per_sigma(
             data.dims(),
         ));
     }
-    let dev = denoiser.device();
+    let dev = sampler_device();
     let y_all = data
         .reshape((n, d))?
         .to_dtype(DType::F64)?
@@ -602,7 +602,7 @@ pub fn held_out_loss_per_sigma(
 /// `x / 127.5 - 1`; values in [0, 1] map by `2x - 1`; values already in [-1, 1] with a negative
 /// minimum are kept; anything else is an error.
 pub fn load_images_npy(path: &Path) -> Result<Tensor> {
-    let t = crate::io::read_array(path, "training images")?;
+    let t = diffpost_core::io::read_array(path, "training images")?;
     let t = match t.rank() {
         3 => t.unsqueeze(1)?,
         4 => t,

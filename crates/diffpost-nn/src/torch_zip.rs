@@ -667,7 +667,9 @@ fn read_tensor(
             e.encrypted(),
         )
     };
-    if let Some(p) = crate::io::npz::entry_problem(size, packed, method, encrypted, archive_len) {
+    if let Some(p) =
+        diffpost_core::io::npz::entry_problem(size, packed, method, encrypted, archive_len)
+    {
         return Err(format!("{entry_name}: {p}"));
     }
     let storage_bytes = spec
@@ -682,7 +684,7 @@ fn read_tensor(
     }
     let (start, stop) = (spec.offset * es, end * es);
     let need = (stop - start) as u128 + numel as u128 * es as u128;
-    if let Some(p) = crate::limits::alloc_problem(need) {
+    if let Some(p) = diffpost_core::limits::alloc_problem(need) {
         return Err(format!("tensor of size {:?} {p}", spec.size));
     }
     let mut entry = zip.by_index(i).map_err(|e| format!("{entry_name}: {e}"))?;
@@ -739,8 +741,8 @@ fn gather(raw: &[u8], size: &[usize], stride: &[u64], es: usize, numel: usize) -
 /// Reads every tensor of the state dict in the PyTorch zip at `path` (under `key`, a top-level
 /// dict entry, if given), on the CPU in the file's dtype. Errors are reasons (no path).
 pub fn read_state_dict(path: &Path, key: Option<&str>) -> R<Vec<(String, Tensor)>> {
-    let archive_len = crate::io::file_len(path)?;
-    let f = File::open(path).map_err(|e| crate::io::describe_io_error(&e))?;
+    let archive_len = diffpost_core::io::file_len(path)?;
+    let f = File::open(path).map_err(|e| diffpost_core::io::describe_io_error(&e))?;
     let mut zip =
         ZipArchive::new(BufReader::new(f)).map_err(|e| format!("not a valid zip: {e}"))?;
     let pickles: Vec<String> = zip
@@ -778,7 +780,8 @@ pub fn read_state_dict(path: &Path, key: Option<&str>) -> R<Vec<(String, Tensor)
                 e.encrypted(),
             )
         };
-        if let Some(p) = crate::io::npz::entry_problem(size, packed, method, encrypted, archive_len)
+        if let Some(p) =
+            diffpost_core::io::npz::entry_problem(size, packed, method, encrypted, archive_len)
         {
             return Err(format!("{pkl}: {p}"));
         }

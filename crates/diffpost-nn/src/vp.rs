@@ -15,14 +15,13 @@
 //! sinusoidal embedding (as k-diffusion's `DiscreteSchedule` does); [`TimestepMode::Nearest`]
 //! rounds to the nearest timestep in `ln sigma` and then uses that timestep's own `sigma_t` in
 //! the formulas above (docs/algorithms.md). A sigma outside `[sigma_0, sigma_{T-1}]` is an
-//! error ([`crate::Error::SigmaOutOfRange`]).
+//! error ([`diffpost_core::Error::SigmaOutOfRange`]).
 
 use candle_core::{DType, Device, Tensor};
+use diffpost_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-use super::adapter::{denoise_chunked, sampler_device};
-use crate::prior::Denoiser;
-use crate::{Error, Result};
+use super::adapter::denoise_chunked;
 
 /// `beta_t` schedules of DDPM-style training.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -239,7 +238,8 @@ pub trait TimestepNetwork: Send + Sync {
     fn name(&self) -> String;
 }
 
-/// A VP network as a variance-exploding [`Denoiser`] on flattened `[B, C*H*W]` f64 batches.
+/// A VP network as a variance-exploding denoiser on flattened `[B, C*H*W]` f64 batches (the
+/// library `diffpost` makes it a `prior::Denoiser`).
 pub struct VpDenoiser {
     net: Box<dyn TimestepNetwork>,
     schedule: VpSchedule,
@@ -324,6 +324,29 @@ impl VpDenoiser {
         self.net.name()
     }
 
+    /// The data's scale per coordinate ([`Self::with_data_scale`]; 1 unless set).
+    pub fn data_scale(&self) -> f64 {
+        self.data_scale
+    }
+
+    /// Entries per sample, `C*H*W` (the flattened image).
+    pub fn dim(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// `D(x, sigma)` on flattened `x: [B, C*H*W]`, through [`Self::denoise_images`] chunk by
+    /// chunk on the network's device; a sigma outside the schedule's range is an error.
+    pub fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+        denoise_chunked(
+            x,
+            self.shape,
+            self.chunk,
+            &self.net_device,
+            || self.net.name(),
+            |xi| self.denoise_images(xi, sigma),
+        )
+    }
+
     /// `D(x, sigma)` on images `[B, C, H, W]` (any float dtype; computed in f32 by the network).
     pub fn denoise_images(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
         let t = self.schedule.timestep(sigma, self.mode)?;
@@ -355,41 +378,6 @@ impl VpDenoiser {
                 ((x_t * scale)? - (f * (sigma * scale))?)?
             }
         })
-    }
-}
-
-impl Denoiser for VpDenoiser {
-    fn dim(&self) -> usize {
-        self.shape.iter().product()
-    }
-
-    /// The CPU (sampler state in f64), whatever device the network runs on.
-    fn device(&self) -> Device {
-        sampler_device()
-    }
-
-    fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
-        denoise_chunked(
-            x,
-            self.shape,
-            self.chunk,
-            &self.net_device,
-            || self.net.name(),
-            |xi| self.denoise_images(xi, sigma),
-        )
-    }
-
-    fn sigma_range(&self) -> (f64, f64) {
-        self.schedule.sigma_range()
-    }
-
-    /// Images in `[-1, 1]` unless set ([`VpDenoiser::with_data_scale`]).
-    fn scale(&self) -> f64 {
-        self.data_scale
-    }
-
-    fn sigma_max_hint(&self) -> f64 {
-        self.schedule.sigma_range().1
     }
 }
 

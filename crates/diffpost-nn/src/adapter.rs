@@ -1,18 +1,19 @@
 //! What the network adapters ([`super::edm::EdmDenoiser`], [`super::vp::VpDenoiser`]) share:
-//! the device convention and the chunked image loop of [`crate::prior::Denoiser::denoise`].
+//! the device convention and the chunked image loop of their `denoise` (the library's
+//! `diffpost::prior::Denoiser::denoise`).
 //!
 //! Device convention: the network runs on its own device (CPU or CUDA); sampler state stays on
-//! the CPU in f64, so both adapters report [`Device::Cpu`] as the [`crate::prior::Denoiser`]
+//! the CPU in f64, so both adapters report [`Device::Cpu`] as the `diffpost::prior::Denoiser`
 //! device, and each chunk crosses over to the network's device and back once per evaluation
 //! (a no-op when the network is on the CPU; differentiable either way).
 
 use candle_core::{Device, Tensor};
+use diffpost_core::{Error, Result};
 
-use crate::{Error, Result};
-
-/// The [`crate::prior::Denoiser::device`] of the network adapters: the CPU, whatever device
-/// the network runs on (see the module documentation).
-pub(super) fn sampler_device() -> Device {
+/// The device of the network adapters' inputs and outputs (the library's
+/// `diffpost::prior::Denoiser::device`): the CPU, whatever device the network runs on (sampler
+/// state in f64; see the module documentation).
+pub fn sampler_device() -> Device {
     Device::Cpu
 }
 

@@ -1,5 +1,6 @@
 //! EDM preconditioning (Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based
-//! Generative Models", Table 1) around a [`UNet`], exposed as a [`Denoiser`].
+//! Generative Models", Table 1) around a [`UNet`], exposed as a denoiser [`EdmDenoiser`] (the
+//! library `diffpost` makes it a `prior::Denoiser`).
 //!
 //! `D(x, sigma) = c_skip x + c_out F(c_in x, c_noise)` with `c_skip = sd^2/(sigma^2 + sd^2)`,
 //! `c_out = sigma sd / sqrt(sigma^2 + sd^2)`, `c_in = 1/sqrt(sigma^2 + sd^2)`,
@@ -10,11 +11,10 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use diffpost_core::{Error, Result};
 
-use super::adapter::{denoise_chunked, sampler_device};
+use super::adapter::denoise_chunked;
 use super::unet::{UNet, UNetConfig};
-use crate::prior::Denoiser;
-use crate::{Error, Result};
 
 /// Smallest and largest noise level of EDM's training and sampling (`sigma_min`, `sigma_max`).
 pub const DEFAULT_SIGMA_MIN: f64 = 0.002;
@@ -125,7 +125,7 @@ impl EdmDenoiser {
         Ok(self)
     }
 
-    /// Rows per network call inside [`Denoiser::denoise`] (bounds memory; results do not depend
+    /// Rows per network call inside [`Self::denoise`] (bounds memory; results do not depend
     /// on it beyond float rounding).
     pub fn with_chunk_size(mut self, chunk: usize) -> Self {
         self.chunk = chunk.max(1);
@@ -156,7 +156,7 @@ impl EdmDenoiser {
             reason,
         };
         cfg.validate()?;
-        crate::io::file_len(path).map_err(|r| ferr(format!("model weights: {r}")))?;
+        diffpost_core::io::file_len(path).map_err(|r| ferr(format!("model weights: {r}")))?;
         let weights = candle_core::safetensors::load(path, device)
             .map_err(|e| ferr(format!("cannot read safetensors: {e}")))?;
         let vb = VarBuilder::from_tensors(weights, DType::F32, device);
@@ -200,21 +200,21 @@ impl EdmDenoiser {
     pub fn sigma_data(&self) -> f64 {
         self.cfg.sigma_data
     }
-}
 
-impl Denoiser for EdmDenoiser {
-    fn dim(&self) -> usize {
+    /// Entries per sample, `C*H*W` (the flattened image).
+    pub fn dim(&self) -> usize {
         self.shape.iter().product()
     }
 
-    /// The CPU (sampler state in f64), whatever device the network runs on.
-    fn device(&self) -> Device {
-        sampler_device()
+    /// The trained noise range `[sigma_min, sigma_max]` ([`Self::with_sigma_range`]);
+    /// [`Self::denoise`] refuses a sigma outside it.
+    pub fn sigma_range(&self) -> (f64, f64) {
+        (self.sigma_min, self.sigma_max)
     }
 
-    /// `x: [B, C*H*W]` (f64 or f32; the result has `x`'s dtype), moved to the network's device
-    /// chunk by chunk. Differentiable in `x`.
-    fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+    /// `D(x, sigma)` on `x: [B, C*H*W]` (f64 or f32; the result has `x`'s dtype), moved to the
+    /// network's device chunk by chunk. Differentiable in `x`.
+    pub fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
         if !(sigma >= self.sigma_min && sigma <= self.sigma_max) {
             return Err(Error::SigmaOutOfRange {
                 sigma,
@@ -244,22 +244,5 @@ impl Denoiser for EdmDenoiser {
                 )?)
             },
         )
-    }
-
-    fn sigma_range(&self) -> (f64, f64) {
-        (self.sigma_min, self.sigma_max)
-    }
-
-    /// Images in `[-1, 1]`.
-    fn scale(&self) -> f64 {
-        1.0
-    }
-
-    fn sigma_max_hint(&self) -> f64 {
-        self.sigma_max
-    }
-
-    fn lipschitz(&self) -> Option<f64> {
-        None
     }
 }
