@@ -9,7 +9,7 @@
 //! Threads: rayon's (`RAYON_NUM_THREADS`); `CANDLE_NUM_THREADS=1` unless set, as in the binary.
 //! `DIFFPOST_CONV=im2col` times the convolutions without the Winograd path.
 //!
-//! `cargo run --release -p diffpost --example bench_unet -- models/mnist [--repeats 25] [--profile]
+//! `cargo run --release -p diffpost-nn --example bench_unet -- models/mnist [--repeats 25] [--profile]
 //! [--train-only]` (`--train-only`: skips the forward timings, e.g. under `perf record`).
 
 use std::collections::{BTreeMap, HashMap};
@@ -18,12 +18,12 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Module, Tensor, Var, D};
 use candle_nn::{Linear, VarBuilder};
-use diffpost::nn::pretrained::read_json;
-use diffpost::nn::{
+use diffpost_core::rng::SampleStreams;
+use diffpost_nn::pretrained::read_json;
+use diffpost_nn::{
     edm_loss_weight, kernels, load_images_npy, precond_forward, TrainConfig, Trainer, UNet,
     UNetConfig,
 };
-use diffpost::rng::SampleStreams;
 
 type Res<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -277,10 +277,10 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> Res<f64> {
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // As the `diffpost` binary does: candle's spinning elementwise pool off, unless set.
-    diffpost::sysalloc::quiet_candle_pool();
+    diffpost_core::sysalloc::quiet_candle_pool();
     // As the `diffpost` binary does (`--default-malloc` to measure glibc's defaults instead).
     let tuned = !args.iter().any(|a| a == "--default-malloc")
-        && diffpost::sysalloc::tune_for_large_arrays();
+        && diffpost_core::sysalloc::tune_for_large_arrays();
     eprintln!("allocator tuned for large arrays: {tuned}");
     let mut dir = PathBuf::from("models/mnist");
     let mut repeats = 25usize;
@@ -359,7 +359,7 @@ fn main() -> Res<()> {
     let mut tr = Trainer::new(cfg.clone(), tcfg.clone(), &data, &dev)?;
     let ck = std::env::temp_dir().join(format!("bench_unet_ck_{}", std::process::id()));
     tr.save_checkpoint(&ck)?;
-    let ck_file = ck.join(diffpost::nn::train::CHECKPOINT_FILE);
+    let ck_file = ck.join(diffpost_nn::train::CHECKPOINT_FILE);
     let mut map = candle_core::safetensors::load(&ck_file, &dev)?;
     for (name, t) in &weights {
         for prefix in ["model", "ema"] {

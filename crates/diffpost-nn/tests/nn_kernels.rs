@@ -1,8 +1,8 @@
-//! The fused CPU kernels (`diffpost::nn::kernels`) against candle's own ops: forward values and
+//! The fused CPU kernels (`diffpost_nn::kernels`) against candle's own ops: forward values and
 //! gradients of every argument, and the whole UNet with and without them.
 
 use candle_core::{Device, Tensor, Var};
-use diffpost::nn::{init_unet, kernels, UNetConfig};
+use diffpost_nn::{init_unet, kernels, UNetConfig};
 
 /// Deterministic pseudo-random values in about [-scale, scale] (+ offset).
 fn rnd(shape: &[usize], seed: u64, scale: f32, offset: f32) -> Tensor {
@@ -292,7 +292,7 @@ fn unet_fused_matches_candle_path() {
         let x = Var::from_tensor(&rnd(&[b, 1, h, w], 8, 1.5, 0.0)).unwrap();
         let c_noise = Tensor::new(&[-0.8f32, 0.3, 1.1][..b], &dev).unwrap();
         let r = rnd(&[b, 1, h, w], 9, 1.0, 0.0);
-        let run = |n: &diffpost::nn::UNet| {
+        let run = |n: &diffpost_nn::UNet| {
             let y = n.forward(x.as_tensor(), &c_noise).unwrap();
             let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
             let gx = g.get(&x).unwrap().clone();
@@ -372,7 +372,7 @@ fn reference_attention(
 
 #[test]
 fn attention_block_matches_candle() {
-    use diffpost::nn::unet::{attention_block, pack_linear};
+    use diffpost_nn::unet::{attention_block, pack_linear};
     for &(b, c, h, w, heads) in &[
         (2, 8, 3, 3, 1),
         (3, 16, 7, 7, 2),

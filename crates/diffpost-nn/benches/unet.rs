@@ -1,13 +1,12 @@
 //! Criterion benches of the default MNIST UNet (28x28, about 1.1M parameters) with the fused CPU
-//! kernels (`diffpost::nn::kernels`) against candle's own ops, side by side in one run: forward
+//! kernels (`diffpost_nn::kernels`) against candle's own ops, side by side in one run: forward
 //! (batch 16), denoise + gradient w.r.t. the input (batch 16, what DPS does per step) and one
-//! training step (batch 32). Run: `cargo bench -p diffpost --bench unet`.
+//! training step (batch 32). Run: `cargo bench -p diffpost-nn --bench unet`.
 
 use candle_core::{Device, Var};
 use criterion::{criterion_group, criterion_main, Criterion};
-use diffpost::nn::{init_unet, EdmDenoiser, TrainConfig, Trainer, UNetConfig};
-use diffpost::prior::Denoiser;
-use diffpost::rng::SampleStreams;
+use diffpost_core::rng::SampleStreams;
+use diffpost_nn::{init_unet, EdmDenoiser, TrainConfig, Trainer, UNetConfig};
 
 const PATHS: [(&str, bool); 2] = [("fused", true), ("candle_ops", false)];
 

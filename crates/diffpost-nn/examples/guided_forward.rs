@@ -2,7 +2,7 @@
 //! about 94M parameters) at batch 1, 256x256, on the CPU.
 //!
 //!     python tools/parity_guided.py --bench   # torch timing + shared weights
-//!     cargo run --release -p diffpost --example guided_forward [weights.safetensors] [io.safetensors]
+//!     cargo run --release -p diffpost-nn --example guided_forward [weights.safetensors] [io.safetensors]
 //!
 //! With the files written by `tools/parity_guided.py --bench` (default paths under /tmp) the model
 //! loads the same random weights as torch and the output is compared with torch's; without them
@@ -13,14 +13,14 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use diffpost::nn::guided::{GuidedUNet, GuidedUNetConfig};
-use diffpost::nn::SeededParams;
+use diffpost_nn::guided::{GuidedUNet, GuidedUNetConfig};
+use diffpost_nn::SeededParams;
 
 fn main() -> anyhow_free::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // As the `diffpost` binary does (`--default-malloc` to measure glibc's defaults instead).
     let tuned = !args.iter().any(|a| a == "--default-malloc")
-        && diffpost::sysalloc::tune_for_large_arrays();
+        && diffpost_core::sysalloc::tune_for_large_arrays();
     eprintln!("allocator tuned for large arrays: {tuned}");
     let unfused = args.iter().any(|a| a == "--unfused");
     let paths: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
