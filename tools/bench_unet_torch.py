@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""PyTorch CPU reference for the crate's EDM UNet (`crates/diffpost/src/nn/unet.rs`, `edm.rs`,
+"""PyTorch CPU reference for the crate's EDM UNet (`crates/diffpost-nn/src/unet.rs`, `edm.rs`,
 `train.rs`): the same architecture, module names equal to the safetensors names, so the shipped
 weights load with `load_state_dict(strict=True)`. Not used by the tests.
 
     python tools/bench_unet_torch.py models/mnist [--parity /tmp/unet_parity.safetensors]
 
 1. Parity: reads the fixed input, sigmas and outputs written by
-   `cargo run --release -p diffpost --example bench_unet -- models/mnist` and prints the error of
+   `cargo run --release -p diffpost-nn --example bench_unet -- models/mnist` and prints the error of
    this port against candle's raw network F(x, c_noise) and preconditioned D(x, sigma).
 2. Timing (median of --repeats after warm-up, torch.set_num_threads(n) for each n in --threads):
    forward of the raw network (batch 16, 28x28x1, no_grad), D(x, sigma) (batch 16, no_grad), and one

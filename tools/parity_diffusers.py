@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Reference outputs of diffusers' `UNet2DModel` for the Rust port
-(`crates/diffpost/src/nn/diffusers_unet.rs`), checked by
+(`crates/diffpost-nn/src/diffusers_unet.rs`), checked by
 `crates/diffpost/tests/diffusers_parity.rs` (which needs no Python).
 
 Run from the repository root:

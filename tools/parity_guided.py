@@ -27,7 +27,7 @@ Every parameter is random and non-trivial (seeded), including the zero-initialis
 `--bench`: builds `DiffUNet(pretrained=None)` (DPS's FFHQ 256 model, ~94M parameters) with random
 weights, saves them (f32) with one input/output pair to /tmp/guided_ffhq256_bench.safetensors and
 /tmp/guided_ffhq256_bench_io.safetensors, and times `forward_diffusion` at batch 1, 256x256 with
-`torch.set_num_threads(2)` (compare with `cargo run --release -p diffpost --example guided_forward`).
+`torch.set_num_threads(2)` (compare with `cargo run --release -p diffpost-nn --example guided_forward`).
 """
 import argparse
 import json

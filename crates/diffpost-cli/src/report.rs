@@ -6,7 +6,6 @@ use std::path::Path;
 use anyhow::Result;
 use candle_core::Device;
 use diffpost::imaging::save_grid;
-use diffpost::prior::Denoiser;
 use diffpost::rng::SampleStreams;
 use diffpost::sampler::diffusion::{self, DiffusionConfig, Solver};
 use diffpost::sampler::Silent;

@@ -10,7 +10,6 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 use diffpost::metrics::{random_directions, sliced_w2};
 use diffpost::operator::image::ImageOperatorSpec;
-use diffpost::prior::Denoiser;
 use diffpost::rng::SampleStreams;
 use diffpost::run::RunContext;
 use diffpost::sampler::spec::SamplerSpec;

@@ -2,28 +2,28 @@
 //!
 //! Layout: [`prior`] (denoisers/scores, analytic and neural), [`operator`] (linear forward models),
 //! [`schedule`] (sigma and eta schedules), [`sampler`] (one file per method), [`metrics`]
-//! (distances to exact posteriors), [`rng`] (per-sample random streams), [`io`] (npy/npz), [`limits`] (memory checks).
+//! (distances to exact posteriors), [`nn`] (neural networks and their training: the crate
+//! `diffpost-nn`), and, from the base crate `diffpost-core`, [`rng`] (per-sample random streams),
+//! [`io`] (npy/npz), [`limits`] (memory checks), [`commit`] (outputs that commit as one).
 // `!(x > 0.0)` is deliberate throughout: it also rejects NaN.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 pub mod bench;
 pub mod bench_integrator;
-pub mod commit;
 pub mod config;
-pub mod error;
 pub mod metrics;
 pub mod schedule;
 
-pub use error::{Error, Result};
 pub mod image_metrics;
 pub mod imaging;
-pub mod io;
-pub mod limits;
-pub mod nn;
 pub mod operator;
 pub mod prior;
 pub mod problem;
-pub mod rng;
 pub mod run;
 pub mod sampler;
-pub mod sysalloc;
+
+// The base crate, at the paths the library always had (`diffpost::io`, `diffpost::Error`, ...).
+pub use diffpost_core::error::{self, Error, Result};
+pub use diffpost_core::{commit, io, limits, rng, sysalloc};
+// The neural networks (`diffpost::nn`); their `Denoiser` impls are in `prior::network`.
+pub use diffpost_nn as nn;

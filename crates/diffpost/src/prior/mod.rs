@@ -5,6 +5,7 @@
 //! `sigma = 0` (the unsmoothed score); networks are valid only on their trained range.
 
 pub mod gmm;
+pub mod network;
 pub mod perturb;
 pub mod tilted;
 

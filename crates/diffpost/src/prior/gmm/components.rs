@@ -1,0 +1,161 @@
+//! The smoothed components `N(mu_k, S_k + sigma^2 I)` at one `sigma`: their precomputed tensors
+//! (cached per sigma), the per-row logits and `G_k = P_k (x - mu_k)`, and the generic (candle-op)
+//! score built from them (the reference of the fused CPU kernel, `fused`).
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor, D};
+use nalgebra::DMatrix;
+
+use super::{Covs, GaussianMixture, Smoothed};
+use crate::{Error, Result};
+
+impl GaussianMixture {
+    pub(super) fn smoothed(&self, sigma: f64) -> Result<Arc<Smoothed>> {
+        let key = sigma.to_bits();
+        {
+            let cache = self.cache.lock().expect("cache poisoned");
+            if let Some((_, s)) = cache.iter().find(|(k, _)| *k == key) {
+                return Ok(s.clone());
+            }
+        }
+        let s = Arc::new(self.build_smoothed(sigma)?);
+        let mut cache = self.cache.lock().expect("cache poisoned");
+        if cache.len() >= 4 {
+            cache.remove(0);
+        }
+        cache.push((key, s.clone()));
+        Ok(s)
+    }
+
+    fn build_smoothed(&self, sigma: f64) -> Result<Smoothed> {
+        if !(sigma >= 0.0) || !sigma.is_finite() {
+            return Err(Error::param(
+                "sigma",
+                format!("must be finite and >= 0, got {sigma}"),
+            ));
+        }
+        let d = self.d;
+        let k = self.k();
+        let s2 = sigma * sigma;
+        let ln2pi = (2.0 * std::f64::consts::PI).ln();
+        let mut log_const = Vec::with_capacity(k);
+        for i in 0..k {
+            let ev = self.eigvals(i);
+            let mut logdet = 0.0;
+            for &l in ev.iter() {
+                let v = l + s2;
+                if v <= 0.0 {
+                    return Err(Error::Numerical(format!(
+                        "component {i} has a singular covariance: its density (and score) at sigma = {sigma} does not exist; use sigma > 0"
+                    )));
+                }
+                logdet += v.ln();
+            }
+            log_const.push(self.weights[i].ln() - 0.5 * logdet - 0.5 * d as f64 * ln2pi);
+        }
+        let log_const = Tensor::from_vec(log_const, k, &self.device)?;
+        match &self.covs {
+            Covs::Diag(v) => {
+                let p: Vec<f64> = v
+                    .iter()
+                    .flat_map(|c| c.iter().map(|l| 1.0 / (l + s2)))
+                    .collect();
+                Ok(Smoothed {
+                    prec: Tensor::from_vec(p, (k, d), &self.device)?,
+                    prec_mu: None,
+                    log_const,
+                    host: None,
+                })
+            }
+            Covs::Full {
+                eigvals, eigvecs, ..
+            } => {
+                // Pcat[:, i*d..(i+1)*d] = P_i (symmetric), row-major [d, K d].
+                let mut pcat = vec![0.0; d * k * d];
+                let mut pmu = Vec::with_capacity(k * d);
+                for i in 0..k {
+                    let u = &eigvecs[i];
+                    let inv = eigvals[i].map(|l| 1.0 / (l + s2));
+                    let ud = u * DMatrix::from_diagonal(&inv);
+                    let p = ud * u.transpose();
+                    for r in 0..d {
+                        for c in 0..d {
+                            pcat[r * k * d + i * d + c] = p[(r, c)];
+                        }
+                    }
+                    pmu.extend((&p * &self.means[i]).iter().copied());
+                }
+                let lc: Vec<f64> = log_const.to_device(&Device::Cpu)?.to_vec1()?;
+                Ok(Smoothed {
+                    prec: Tensor::from_vec(pcat.clone(), (d, k * d), &self.device)?,
+                    prec_mu: Some(Tensor::from_vec(pmu.clone(), (k, d), &self.device)?),
+                    log_const,
+                    host: Some((pcat, pmu, lc)),
+                })
+            }
+        }
+    }
+
+    /// Returns `(logits [B,K], G [B,K,d])` with `G_k = P_k (x - mu_k)` and
+    /// `logits_k = log w_k + log N(x; mu_k, S_k + sigma^2 I)`.
+    pub(super) fn components(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Tensor)> {
+        let dims = x.dims();
+        if dims.len() != 2 || dims[1] != self.d {
+            return Err(Error::shape("x", format!("[B, {}]", self.d), dims));
+        }
+        let b = dims[0];
+        let k = self.k();
+        let sm = self.smoothed(sigma)?;
+        let x = x.to_dtype(DType::F64)?;
+        let delta = x.unsqueeze(1)?.broadcast_sub(&self.means_t.unsqueeze(0)?)?; // [B,K,d]
+        let g = match &sm.prec_mu {
+            None => delta.broadcast_mul(&sm.prec.unsqueeze(0)?)?,
+            Some(pmu) => x
+                .matmul(&sm.prec)?
+                .reshape((b, k, self.d))?
+                .broadcast_sub(&pmu.unsqueeze(0)?)?,
+        };
+        let q = (&delta * &g)?.sum(D::Minus1)?; // [B,K]
+        let logits = sm.log_const.unsqueeze(0)?.broadcast_sub(&(q * 0.5)?)?;
+        Ok((logits, g))
+    }
+
+    /// Responsibilities-weighted score from `(logits, G)`: `-sum_k r_k G_k`.
+    pub(super) fn score_from(&self, logits: &Tensor, g: &Tensor) -> Result<Tensor> {
+        if self.k() == 1 {
+            return Ok(g.squeeze(1)?.neg()?);
+        }
+        let lse = logits.log_sum_exp(D::Minus1)?.unsqueeze(1)?;
+        let r = logits.broadcast_sub(&lse)?.exp()?; // [B,K]
+        Ok(r.unsqueeze(2)?.broadcast_mul(g)?.sum(1)?.neg()?)
+    }
+
+    /// The generic (candle-op) score path: the reference for the fused CPU kernel, and the path
+    /// used for autograd and non-CPU devices.
+    pub fn score_generic(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+        let (logits, g) = self.components(x, sigma)?;
+        self.score_from(&logits, &g)
+    }
+
+    /// The most responsible component of every row of `x: [B, d]` (the argmax of
+    /// `log w_k + log N(x; mu_k, S_k)`).
+    pub fn assign(&self, x: &Tensor) -> Result<Vec<usize>> {
+        let (logits, _) = self.components(x, 0.0)?;
+        let l: Vec<Vec<f64>> = logits.to_dtype(DType::F64)?.to_vec2()?;
+        Ok(l.iter()
+            .map(|row| {
+                row.iter()
+                    .enumerate()
+                    .fold((0, f64::NEG_INFINITY), |best, (k, &v)| {
+                        if v > best.1 {
+                            (k, v)
+                        } else {
+                            best
+                        }
+                    })
+                    .0
+            })
+            .collect())
+    }
+}
