@@ -1,6 +1,9 @@
 //! `summary.json` ([`RunSummary`]) and [`merge`]: checks that a set of shard outputs is exactly one
 //! run (same config fingerprint and seed, every shard once) and puts it back together in
-//! population order.
+//! population order; [`merge_parts`] also joins the weighted particles of SMC shards
+//! ([`ShardParts::read`] reads a shard's folder, [`write_run`] writes a run's).
+
+use std::path::Path;
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -9,8 +12,9 @@ use sha2::{Digest, Sha256};
 
 use super::shard::Shard;
 use super::{Diagnostics, Layout, RunOutput};
+use crate::commit::{Replace, Staging};
 use crate::sampler::spec::SamplerSpec;
-use crate::sampler::Info;
+use crate::sampler::{Info, Weighted};
 use crate::{Error, Result};
 
 /// `summary.json`: what a run (or one shard of it) did, with what, and its diagnostics.
@@ -242,4 +246,236 @@ pub fn merge(parts: Vec<(RunSummary, Tensor, String)>) -> Result<(RunSummary, Te
         0,
     )?;
     Ok((merged, x))
+}
+
+/// What a run folder may hold: `samples.npy`, `summary.json`, for weighted samplers (SMC)
+/// `particles.npy` and `weights.npy`, for image runs `metrics.json` and PNG grids. A previous
+/// run's outputs are replaced as a whole; anything else in the folder makes a run refuse it.
+pub const RUN_OUTPUTS: Replace<'static> = Replace::Outputs {
+    names: &[
+        "samples.npy",
+        "particles.npy",
+        "weights.npy",
+        "summary.json",
+        "metrics.json",
+    ],
+    suffixes: &[".png"],
+};
+
+/// Writes a run's `samples.npy`, `summary.json` and, for weighted samplers (SMC),
+/// `particles.npy` and `weights.npy` into the staging folder of its run folder.
+pub fn write_run(
+    dir: &Staging,
+    samples: &Tensor,
+    weighted: Option<&Weighted>,
+    summary: &RunSummary,
+) -> Result<()> {
+    dir.write_npy("samples.npy", samples)?;
+    if let Some(w) = weighted {
+        dir.write_npy("particles.npy", &w.particles)?;
+        dir.write_npy("weights.npy", &w.weights)?;
+    }
+    let text =
+        serde_json::to_string_pretty(summary).map_err(|e| Error::Numerical(e.to_string()))?;
+    dir.write_bytes("summary.json", text.as_bytes())
+}
+
+/// One shard of a run as `diffpost sample --shard K/N` writes it into a folder: `summary.json`,
+/// `samples.npy` and, for weighted samplers (SMC), `particles.npy` and `weights.npy`.
+pub struct ShardParts {
+    pub summary: RunSummary,
+    pub samples: Tensor,
+    pub weighted: Option<Weighted>,
+    /// Names the shard in errors (its folder).
+    pub name: String,
+}
+
+impl ShardParts {
+    /// Reads the shard written into `dir`.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let sp = dir.join("summary.json");
+        let ferr = |reason: String| Error::File {
+            path: sp.clone(),
+            reason,
+        };
+        let text = std::fs::read_to_string(&sp)
+            .map_err(|e| ferr(format!("cannot read shard summary: {e}")))?;
+        let summary: RunSummary = serde_json::from_str(&text)
+            .map_err(|e| ferr(format!("not a diffpost summary: {e}")))?;
+        let samples = crate::io::read_array(&dir.join("samples.npy"), "shard samples")?;
+        let weighted = if dir.join("weights.npy").exists() {
+            Some(Weighted {
+                particles: crate::io::read_array(&dir.join("particles.npy"), "shard particles")?,
+                weights: crate::io::read_array(&dir.join("weights.npy"), "shard weights")?,
+            })
+        } else {
+            None
+        };
+        Ok(Self {
+            summary,
+            samples,
+            weighted,
+            name: dir.display().to_string(),
+        })
+    }
+}
+
+/// A run put back together from its shards.
+pub struct Merged {
+    pub summary: RunSummary,
+    pub samples: Tensor,
+    /// The weighted particles of every shard, in shard order (weighted samplers).
+    pub weighted: Option<Weighted>,
+}
+
+/// [`merge`] with the weighted particles: every shard has them (joined in shard order, each
+/// population's weights as they are: they are normalised within their population) or none has.
+pub fn merge_parts(parts: Vec<ShardParts>) -> Result<Merged> {
+    let mut weighted = Vec::with_capacity(parts.len());
+    let mut plain = Vec::with_capacity(parts.len());
+    for p in parts {
+        if let Some(w) = &p.weighted {
+            if w.particles.dims().first() != w.weights.dims().first() || w.weights.rank() != 1 {
+                return Err(Error::shape(
+                    format!("{}: weights of the particles", p.name),
+                    format!("[{}]", w.particles.dims().first().copied().unwrap_or(0)),
+                    w.weights.dims(),
+                ));
+            }
+        }
+        weighted.push((p.summary.run.shard.index, p.weighted));
+        plain.push((p.summary, p.samples, p.name));
+    }
+    let (summary, samples) = merge(plain)?;
+    let weighted = match weighted.iter().filter(|w| w.1.is_some()).count() {
+        0 => None,
+        k if k == weighted.len() => {
+            weighted.sort_by_key(|w| w.0);
+            let (p, w): (Vec<Tensor>, Vec<Tensor>) = weighted
+                .into_iter()
+                .filter_map(|(_, w)| w.map(|w| (w.particles, w.weights)))
+                .unzip();
+            Some(Weighted {
+                particles: Tensor::cat(&p, 0)?,
+                weights: Tensor::cat(&w, 0)?,
+            })
+        }
+        _ => {
+            return Err(Error::param(
+                "merge",
+                "some shards have weights.npy and others not: not shards of one run",
+            ))
+        }
+    };
+    Ok(Merged {
+        summary,
+        samples,
+        weighted,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+    use crate::run::RunPlan;
+
+    /// Shard `k` of 3 of a run of 3 populations of 2 particles (d = 2): samples `10 k + i`,
+    /// with weighted particles `-(10 k + i)` and weights `w` when `weighted`.
+    fn shard(k: usize, weighted: bool) -> ShardParts {
+        let spec = SamplerSpec::from_map(
+            serde_json::json!({"kind": "smc", "particles": 2})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )
+        .unwrap();
+        let plan = RunPlan {
+            shard: Shard::new(k, 3).unwrap(),
+            ..RunPlan::new(6, 1)
+        };
+        let layout = plan.layout(&spec).unwrap();
+        let v: Vec<f64> = (0..4).map(|i| (10 * k + i) as f64).collect();
+        let samples = Tensor::from_vec(v.clone(), (2, 2), &Device::Cpu).unwrap();
+        let summary = RunSummary {
+            sampler: "smc".into(),
+            params: spec.to_table(),
+            info: Info::default(),
+            prior: serde_json::Value::Null,
+            operator: "dense".into(),
+            eta: 0.1,
+            n: 6,
+            d: 2,
+            seed: 1,
+            score_evals_per_sample: 0,
+            diagnostics: Diagnostics::default(),
+            log_evidence: None,
+            run: layout,
+            fingerprint: "f".into(),
+            wall_s: 1.0,
+            warnings: vec![],
+            health_warnings: vec![],
+            extra: Default::default(),
+        };
+        let weighted = weighted.then(|| Weighted {
+            particles: (samples.clone() * -1.0).unwrap(),
+            weights: Tensor::new(&[0.25 + k as f64, 0.75], &Device::Cpu).unwrap(),
+        });
+        ShardParts {
+            summary,
+            samples,
+            weighted,
+            name: format!("shard{k}"),
+        }
+    }
+
+    fn values(t: &Tensor) -> Vec<f64> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn weighted_shards_merge_in_shard_order() {
+        let m = merge_parts(vec![shard(2, true), shard(0, true), shard(1, true)]).unwrap();
+        let rows = |f: fn(f64) -> f64| -> Vec<f64> {
+            [0, 1, 2]
+                .iter()
+                .flat_map(|k| (0..4).map(move |i| f((10 * k + i) as f64)))
+                .collect()
+        };
+        assert_eq!(values(&m.samples), rows(|v| v));
+        let w = m.weighted.expect("weighted");
+        assert_eq!(values(&w.particles), rows(|v| -v));
+        assert_eq!(values(&w.weights), [0.25, 0.75, 1.25, 0.75, 2.25, 0.75]);
+        assert_eq!(m.summary.run.shard, Shard::WHOLE);
+        assert_eq!(m.summary.run.sample_range, [0, 6]);
+    }
+
+    #[test]
+    fn unweighted_shards_merge_without_weights() {
+        let m = merge_parts(vec![shard(1, false), shard(0, false), shard(2, false)]).unwrap();
+        assert!(m.weighted.is_none());
+        assert_eq!(m.samples.dims(), [6, 2]);
+    }
+
+    #[test]
+    fn weights_are_all_or_none_and_the_shards_checked_first() {
+        let err = |p: Vec<ShardParts>| merge_parts(p).err().expect("refused").to_string();
+        let e = err(vec![shard(0, true), shard(1, false), shard(2, true)]);
+        assert!(
+            e.contains("some shards have weights.npy and others not"),
+            "{e}"
+        );
+        // A missing shard is named before the weights are looked at.
+        let e = err(vec![shard(0, true), shard(2, false)]);
+        assert!(e.contains("missing shard(s) 1/3"), "{e}");
+        // Weights that do not match their particles.
+        let mut bad = shard(1, true);
+        if let Some(w) = bad.weighted.as_mut() {
+            w.weights = w.weights.narrow(0, 0, 1).unwrap();
+        }
+        let e = err(vec![shard(0, true), bad, shard(2, true)]);
+        assert!(e.contains("shard1: weights of the particles"), "{e}");
+        assert!(err(vec![]).contains("no shards given"));
+    }
 }
