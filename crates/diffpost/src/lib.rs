@@ -4,7 +4,8 @@
 //! [`schedule`] (sigma and eta schedules), [`sampler`] (one file per method), [`metrics`]
 //! (distances to exact posteriors), [`nn`] (neural networks and their training: the crate
 //! `diffpost-nn`), and, from the base crate `diffpost-core`, [`rng`] (per-sample random streams),
-//! [`io`] (npy/npz), [`limits`] (memory checks), [`commit`] (outputs that commit as one).
+//! [`io`] (npy/npz), [`limits`] (memory checks), [`commit`] (outputs that commit as one);
+//! [`training`] (how `diffpost train` treats an existing model folder).
 // `!(x > 0.0)` is deliberate throughout: it also rejects NaN.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
@@ -21,6 +22,7 @@ pub mod prior;
 pub mod problem;
 pub mod run;
 pub mod sampler;
+pub mod training;
 
 // The base crate, at the paths the library always had (`diffpost::io`, `diffpost::Error`, ...).
 pub use diffpost_core::error::{self, Error, Result};
