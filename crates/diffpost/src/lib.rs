@@ -5,12 +5,11 @@
 //! (distances to exact posteriors), [`nn`] (neural networks and their training: the crate
 //! `diffpost-nn`), and, from the base crate `diffpost-core`, [`rng`] (per-sample random streams),
 //! [`io`] (npy/npz), [`limits`] (memory checks), [`commit`] (outputs that commit as one);
+//! [`studies`] (the experiments behind `diffpost demo`, `modes`, `tradeoff`, `report` and `bench`),
 //! [`training`] (how `diffpost train` treats an existing model folder).
 // `!(x > 0.0)` is deliberate throughout: it also rejects NaN.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
-pub mod bench;
-pub mod bench_integrator;
 pub mod config;
 pub mod metrics;
 pub mod schedule;
@@ -22,6 +21,7 @@ pub mod prior;
 pub mod problem;
 pub mod run;
 pub mod sampler;
+pub mod studies;
 pub mod training;
 
 // The base crate, at the paths the library always had (`diffpost::io`, `diffpost::Error`, ...).

@@ -4,10 +4,16 @@
 //! posteriors: compressed sensing (Gaussian prior, d = 64, m = 32, dense A) and inpainting
 //! (Gaussian prior, d = 256, every other coordinate observed), eta = 0.1, 0.01, 0.001. Budgets
 //! double from 45 until the target is met or 11,520 fails; n = 1000 samples, exact-prior start,
-//! seed 7. `diffpost bench integrator` prints and plots it.
+//! seed 7. [`study`] runs it as `diffpost bench integrator` does: the table, `integrator.md`,
+//! `integrator.json` and `integrator.png` (sliced W2 / floor against evaluations, log-log).
+
+use std::path::Path;
+use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use plotters::prelude::*;
 use serde::Serialize;
+use serde_json::json;
 
 use crate::metrics::{exact_reference, MetricFloors, Reference};
 use crate::operator::{Dense, LinearOperator, Mask};
@@ -15,8 +21,9 @@ use crate::prior::{ExactSample, GaussianMixture};
 use crate::problem::random_gmm_instance;
 use crate::rng::SampleStreams;
 use crate::run::{NoProgress, ProblemParts, RunContext, RunPlan};
-use crate::sampler::spec::SamplerSpec;
 use crate::Result;
+
+use super::{plot_err, spec};
 
 /// The target: sliced W2 at most this times its noise floor.
 pub const TARGET: f64 = 1.2;
@@ -92,12 +99,10 @@ fn case(name: &'static str, eta: f64) -> Result<Case> {
 }
 
 /// `(sliced W2 / floor, evaluations per sample)`; a diverged run counts as missing the target.
-fn ratio(c: &Case, spec: &str) -> Result<(f64, u64)> {
+fn ratio(c: &Case, table: serde_json::Value) -> Result<(f64, u64)> {
     let yt = Tensor::from_vec(c.y.clone(), c.y.len(), &Device::Cpu)?;
     let parts = ProblemParts::mixture(&c.prior, c.op.as_ref(), &yt, c.eta);
-    let t: toml::Table =
-        toml::from_str(spec).map_err(|e| crate::Error::param("sampler", e.to_string()))?;
-    let ctx = RunContext::new(parts, &SamplerSpec::from_table(&t)?)?;
+    let ctx = RunContext::new(parts, &spec(table)?)?;
     Ok(match ctx.run(&RunPlan::new(N, 7), &NoProgress) {
         Ok(out) => {
             let x: Vec<f64> = out.samples.flatten_all()?.to_vec1()?;
@@ -129,18 +134,12 @@ pub fn run(quick: bool, mut each: impl FnMut(&IntegratorRow)) -> Result<Vec<Inte
                     let mut curve = Vec::new();
                     let mut hit = None;
                     for k in 0..BUDGETS {
-                        let spec = if sampler == "annealed" {
-                            format!(
-                                "kind = \"annealed\"\ninit = \"exact-prior\"\nstages = 10\nsteps_per_stage = {}\nintegrator = \"{integrator}\"",
-                                5usize << k
-                            )
+                        let table = if sampler == "annealed" {
+                            json!({"kind": "annealed", "init": "exact-prior", "stages": 10, "steps_per_stage": 5usize << k, "integrator": integrator})
                         } else {
-                            format!(
-                                "kind = \"ula\"\ninit = \"exact-prior\"\nsteps = {}\nintegrator = \"{integrator}\"",
-                                45usize << k
-                            )
+                            json!({"kind": "ula", "init": "exact-prior", "steps": 45usize << k, "integrator": integrator})
                         };
-                        let (r, e) = ratio(&c, &spec)?;
+                        let (r, e) = ratio(&c, table)?;
                         let e = if e == 0 { 45u64 << k } else { e };
                         curve.push((e, r));
                         if r <= TARGET {
@@ -188,4 +187,117 @@ pub fn markdown(rows: &[IntegratorRow]) -> String {
         }
     }
     s
+}
+
+/// What `diffpost bench integrator` writes into its output folder.
+pub const OUTPUTS: crate::commit::Replace<'static> = crate::commit::Replace::Outputs {
+    names: &["integrator.md", "integrator.json", "integrator.png"],
+    suffixes: &[],
+};
+
+/// The sweep as `diffpost bench integrator` runs it: writes `integrator.{md,json,png}` into
+/// `dir`; `log` gets the printed lines as they come. Returns the rows and the Markdown.
+pub fn study(
+    quick: bool,
+    dir: &Path,
+    log: &mut dyn FnMut(&str),
+) -> Result<(Vec<IntegratorRow>, String)> {
+    let t0 = Instant::now();
+    let flag = if quick { " --quick" } else { "" };
+    log(&format!(
+        "diffpost bench integrator{flag}: evaluations per sample to {TARGET}x the sliced-W2 floor, n = 1000, seed 7"
+    ));
+    let rows = run(quick, |r: &IntegratorRow| {
+        log(&format!(
+            "  {:<20} eta {:<6} {:<19} {:<17} {}",
+            r.problem,
+            r.eta,
+            r.sampler,
+            r.integrator,
+            r.cell()
+        ))
+    })?;
+    let md = format!(
+        "{}\n`diffpost bench integrator{flag}`, {:.0} s.\n",
+        markdown(&rows),
+        t0.elapsed().as_secs_f64()
+    );
+    super::log_text(log, &format!("\n{md}"));
+    super::write_text(dir, "integrator.md", &md)?;
+    super::write_json(dir, "integrator.json", &rows)?;
+    plot(&dir.join("integrator.png"), &rows)?;
+    Ok((rows, md))
+}
+
+fn plot(path: &Path, rows: &[IntegratorRow]) -> Result<()> {
+    let labels = super::register_font();
+    let err = |e: &dyn std::fmt::Display| plot_err(path, e);
+    let hi = rows
+        .iter()
+        .flat_map(|r| r.curve.iter().map(|c| c.1))
+        .filter(|v| v.is_finite())
+        .fold(2.0, f64::max)
+        * 1.3;
+    let root = BitMapBackend::new(path, (900, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut b = ChartBuilder::on(&root);
+    b.margin(12)
+        .x_label_area_size(if labels { 40 } else { 5 })
+        .y_label_area_size(if labels { 60 } else { 5 });
+    if labels {
+        b.caption(
+            "sliced W2 / floor against score evaluations per sample (each line stops at 1.2x)",
+            ("sans-serif", 17),
+        );
+    }
+    let mut chart = b
+        .build_cartesian_2d((30f64..15000.0).log_scale(), (0.8f64..hi).log_scale())
+        .map_err(|e| err(&e))?;
+    let mut mesh = chart.configure_mesh();
+    if labels {
+        mesh.x_desc("evaluations per sample")
+            .y_desc("sliced W2 / floor");
+    } else {
+        mesh.disable_x_axis().disable_y_axis();
+    }
+    mesh.draw().map_err(|e| err(&e))?;
+    chart
+        .draw_series(LineSeries::new(
+            [(30.0, TARGET), (15000.0, TARGET)],
+            BLACK.mix(0.4),
+        ))
+        .map_err(|e| err(&e))?;
+    let mut labelled = [false, false];
+    for r in rows {
+        let k = usize::from(r.integrator != "euler");
+        let color = if k == 0 { RED } else { BLUE };
+        let pts: Vec<(f64, f64)> = r
+            .curve
+            .iter()
+            .map(|&(e, v)| (e as f64, if v.is_finite() { v.max(0.8) } else { hi }))
+            .collect();
+        chart
+            .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
+            .map_err(|e| err(&e))?;
+        let series = chart
+            .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+            .map_err(|e| err(&e))?;
+        if labels && !labelled[k] {
+            labelled[k] = true;
+            series
+                .label(r.integrator.clone())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
+        }
+    }
+    if labels {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
 }

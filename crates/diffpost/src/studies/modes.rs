@@ -8,36 +8,57 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
-use diffpost::image_metrics::nearest_labels;
-use diffpost::imaging::save_grid;
-use diffpost::operator::image::ImageOperatorSpec;
-use diffpost::rng::SampleStreams;
-use diffpost::run::{NoProgress, RunContext, RunPlan};
-use diffpost::sampler::spec::SamplerSpec;
-use diffpost::sampler::{dps, Silent};
 use serde_json::json;
 
+use super::{dps_then_local, image_local_spec, image_operator, rows, shipped};
+use crate::image_metrics::nearest_labels;
+use crate::imaging::save_grid;
+use crate::rng::SampleStreams;
+use crate::run::{NoProgress, ProblemParts, RunContext, RunPlan};
+use crate::sampler::spec::SamplerSpec;
+use crate::{Error, Result};
+
+/// Measurement noise on the [-1, 1] scale.
+pub const ETA: f64 = 0.05;
+
+/// `diffpost modes`'s options.
+#[derive(Debug, Clone)]
 pub struct Opts {
     pub model: PathBuf,
     pub data: PathBuf,
     pub labels: PathBuf,
     pub out: PathBuf,
+    /// Row of the held-out digits.
     pub index: usize,
+    /// Samples per method.
     pub n: usize,
     /// SMC particles (one population); `n` when not given.
     pub particles: Option<usize>,
     pub dps_steps: usize,
     pub moves_per_stage: usize,
-    /// More `[sampler]` settings of SMC (`key = value; ...`), overriding this command's.
+    /// More `[sampler]` settings of SMC (TOML `key = value` pairs separated by `;`), overriding
+    /// this study's.
     pub smc: String,
     /// Which half is hidden: left, right, top, bottom.
     pub hide: String,
 }
 
+/// A group's share: `(label, share of samples, summed weight of the weighted particles)`.
+pub type Share = (usize, f64, Option<f64>);
+
+/// The study's result.
+pub struct Modes {
+    /// `modes.md` (also printed).
+    pub markdown: String,
+    /// `modes.json`.
+    pub json: serde_json::Value,
+    /// The figure.
+    pub figure: PathBuf,
+}
+
 /// Mean RMS pixel distance between pairs of samples (0 when they are copies of one another).
-fn spread(r: &[Vec<f64>]) -> f64 {
+pub fn spread(r: &[Vec<f64>]) -> f64 {
     let (mut sum, mut pairs) = (0.0, 0usize);
     for i in 0..r.len() {
         for j in i + 1..r.len() {
@@ -53,13 +74,9 @@ fn spread(r: &[Vec<f64>]) -> f64 {
     }
 }
 
-fn rows(t: &Tensor) -> Result<Vec<Vec<f64>>> {
-    Ok(t.to_dtype(candle_core::DType::F64)?.to_vec2()?)
-}
-
 /// Shares of each label (sorted by share) and, given weights, their summed weight.
-fn shares(labels: &[usize], weights: Option<&[f64]>) -> Vec<(usize, f64, Option<f64>)> {
-    let mut v: Vec<(usize, f64, Option<f64>)> = (0..10)
+pub fn shares(labels: &[usize], weights: Option<&[f64]>) -> Vec<Share> {
+    let mut v: Vec<Share> = (0..10)
         .map(|c| {
             let n = labels.iter().filter(|&&l| l == c).count() as f64 / labels.len() as f64;
             let w = weights.map(|w| {
@@ -78,29 +95,68 @@ fn shares(labels: &[usize], weights: Option<&[f64]>) -> Vec<(usize, f64, Option<
     v
 }
 
-pub fn run(o: &Opts) -> Result<()> {
+/// The hidden box `(top, left, height, width)` of `hide` on an `h x w` image.
+fn hidden_box(hide: &str, h: usize, w: usize) -> Result<(usize, usize, usize, usize)> {
+    Ok(match hide {
+        "left" => (0, 0, h, w / 2),
+        "right" => (0, w - w / 2, h, w / 2),
+        "top" => (0, 0, h / 2, w),
+        "bottom" => (h - h / 2, 0, h / 2, w),
+        other => {
+            return Err(Error::param(
+                "--hide",
+                format!("{other}: expected left, right, top or bottom"),
+            ))
+        }
+    })
+}
+
+/// SMC's spec: one population, ULA moves on the score at 0.05, `extra` (`key = value; ...`)
+/// overriding.
+fn smc_spec(moves_per_stage: usize, extra: &str) -> Result<SamplerSpec> {
+    let mut t = json!({
+        "kind": "smc",
+        "moves_per_stage": moves_per_stage,
+        "final_moves": 4 * moves_per_stage,
+        "score_sigma": 0.05,
+        "final_denoise": true,
+        "init_steps": 200,
+    });
+    let extra = toml::from_str::<toml::Table>(&extra.replace(';', "\n"))
+        .map_err(|e| Error::param("--smc", e.to_string()))?;
+    let extra = serde_json::to_value(extra).map_err(|e| Error::param("--smc", e.to_string()))?;
+    if let (Some(t), Some(extra)) = (t.as_object_mut(), extra.as_object()) {
+        t.extend(extra.clone());
+    }
+    super::spec(t)
+}
+
+/// Runs the study; `log` gets the printed lines.
+pub fn run(o: &Opts, log: &mut dyn FnMut(&str)) -> Result<Modes> {
     let t0 = Instant::now();
-    let model = crate::demo_images::shipped(&o.model);
-    let prior = diffpost::nn::model_folder::load(&model, &Device::Cpu)?;
+    let prior = crate::nn::model_folder::load(&shipped(&o.model), &Device::Cpu)?;
     let shape = prior.image_shape();
-    let data = crate::demo_images::shipped(&o.data);
-    let labels_path = crate::demo_images::shipped(&o.labels);
-    let all = diffpost::nn::load_images_npy(&data)?
+    let data = shipped(&o.data);
+    let labels_path = shipped(&o.labels);
+    let all = crate::nn::load_images_npy(&data)?
         .flatten_from(1)?
         .to_dtype(candle_core::DType::F64)?;
     let all: Vec<Vec<f64>> = all.to_vec2()?;
-    let labels: Vec<usize> = diffpost::io::read_array(&labels_path, "labels")?
+    let labels: Vec<usize> = crate::io::read_array(&labels_path, "labels")?
         .to_dtype(candle_core::DType::F64)?
         .to_vec1::<f64>()?
         .iter()
         .map(|&v| v as usize)
         .collect();
     if o.index >= all.len() || labels.len() != all.len() {
-        bail!(
-            "--index {} out of range or labels do not match {}",
-            o.index,
-            data.display()
-        );
+        return Err(Error::param(
+            "--index",
+            format!(
+                "{} out of range or labels do not match {}",
+                o.index,
+                data.display()
+            ),
+        ));
     }
     // References for grouping: every labelled digit but the truth.
     let (refs, ref_labels): (Vec<Vec<f64>>, Vec<usize>) = all
@@ -112,58 +168,42 @@ pub fn run(o: &Opts) -> Result<()> {
         .unzip();
     let truth = all[o.index].clone();
     let [_, h, w] = shape;
-    let (top, left, bh, bw) = match o.hide.as_str() {
-        "left" => (0, 0, h, w / 2),
-        "right" => (0, w - w / 2, h, w / 2),
-        "top" => (0, 0, h / 2, w),
-        "bottom" => (h - h / 2, 0, h / 2, w),
-        other => bail!("--hide {other}: expected left, right, top or bottom"),
-    };
-    let box_spec: ImageOperatorSpec = toml::from_str(&format!(
+    let (top, left, bh, bw) = hidden_box(&o.hide, h, w)?;
+    let op = image_operator(&format!(
         "kind = \"box\"\ntop = {top}\nleft = {left}\nheight = {bh}\nwidth = {bw}"
-    ))?;
-    let op = box_spec.build(shape)?;
-    let eta = 0.05;
-    let y = diffpost::config::simulate(op.as_ref(), &truth, eta, o.index as u64)?;
+    ))?
+    .build(shape)?;
+    let eta = ETA;
+    let y = crate::config::simulate(op.as_ref(), &truth, eta, o.index as u64)?;
     let yt = Tensor::from_vec(y, op.out_dim(), &Device::Cpu)?;
-    let parts = crate::demo_images::parts(&prior, op.as_ref(), &yt, eta);
-    println!(
+    let parts = ProblemParts::denoiser(&prior, op.as_ref(), &yt, eta);
+    let smc_spec = smc_spec(o.moves_per_stage, &o.smc)?;
+    let local_spec = image_local_spec(o.dps_steps, 20, 0.2, true)?;
+    log(&format!(
         "diffpost modes: MNIST test digit {} (label {}), {} half hidden, eta = {eta}; {} samples per method",
         o.index, labels[o.index], o.hide, o.n
-    );
+    ));
 
     // SMC: one population of n particles from the diffusion start, ULA moves on the score at 0.05.
     let t = Instant::now();
-    let mut smc_table = toml::from_str::<toml::Table>(&format!(
-        "kind = \"smc\"\nmoves_per_stage = {}\nfinal_moves = {}\nscore_sigma = 0.05\nfinal_denoise = true\ninit_steps = 200",
-        o.moves_per_stage,
-        4 * o.moves_per_stage
-    ))?;
-    let extra = toml::from_str::<toml::Table>(&o.smc.replace(';', "\n"))
-        .map_err(|e| anyhow::anyhow!("--smc: {e}"))?;
-    smc_table.extend(extra);
-    let smc_spec = SamplerSpec::from_table(&smc_table)?;
     let particles = o.particles.unwrap_or(o.n);
     let smc = RunContext::new(parts, &smc_spec)?.run(&RunPlan::new(particles, 0), &NoProgress)?;
     let t_smc = t.elapsed().as_secs_f64();
     // DPS, then Algorithm 2 from each sample's own DPS output (as demo --images).
-    let t = Instant::now();
-    let mut s = SampleStreams::new(0, 0..o.n as u64);
-    let dps_spec = SamplerSpec::Dps(dps::DpsConfig {
-        steps: o.dps_steps,
-        ..Default::default()
-    });
-    let d = RunContext::new(parts, &dps_spec)?.sample_batch(&mut s, &Silent)?;
-    let t_dps = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let l = RunContext::new(parts, &crate::demo_images::image_local_spec(20, 0.2, true))?
-        .with_warm_start(d.samples.clamp(-1.0, 1.0)?)?
-        .sample_batch(&mut s, &Silent)?;
-    let t_loc = t.elapsed().as_secs_f64() + t_dps;
+    let r = dps_then_local(
+        parts,
+        &local_spec,
+        &mut SampleStreams::new(0, 0..o.n as u64),
+    )?;
+    let (t_dps, t_loc) = (r.dps_wall_s, r.wall_s);
+    let (dps_evals, loc_evals) = (r.dps_evals, r.local.score_evals);
 
     let (smc_rows, dps_rows, loc_rows) =
-        (rows(&smc.samples)?, rows(&d.samples)?, rows(&l.samples)?);
-    let weighted = smc.weighted.as_ref().expect("smc is weighted");
+        (rows(&smc.samples)?, rows(&r.dps)?, rows(&r.local.samples)?);
+    let weighted = smc
+        .weighted
+        .as_ref()
+        .ok_or_else(|| Error::param("--smc", "SMC returned no weighted particles"))?;
     let wp = rows(&weighted.particles)?;
     let ww: Vec<f64> = weighted
         .weights
@@ -210,9 +250,10 @@ pub fn run(o: &Opts) -> Result<()> {
     grid.extend(sorted(&loc_rows, &g_loc));
     grid.extend(sorted(&dps_rows, &g_dps));
     std::fs::create_dir_all(&o.out)?;
-    save_grid(&o.out.join("modes.png"), &grid, shape, cols, -1.0, 1.0)?;
+    let figure = o.out.join("modes.png");
+    save_grid(&figure, &grid, shape, cols, -1.0, 1.0)?;
 
-    let fmt = |v: &[(usize, f64, Option<f64>)]| -> String {
+    let fmt = |v: &[Share]| -> String {
         v.iter()
             .take(5)
             .map(|(c, n, w)| match w {
@@ -251,36 +292,37 @@ pub fn run(o: &Opts) -> Result<()> {
         fmt(&smc_shares),
         fmt(&weight_shares),
         o.n,
-        l.score_evals + d.score_evals,
+        loc_evals,
         t_loc,
         spread(&loc_rows),
         fmt(&shares(&g_loc, None)),
         o.n,
-        d.score_evals,
+        dps_evals,
         t_dps,
         spread(&dps_rows),
         fmt(&shares(&g_dps, None)),
     );
-    print!("{md}");
-    diffpost::io::write_bytes(&o.out.join("modes.md"), md.as_bytes())?;
-    let js = |v: &[(usize, f64, Option<f64>)]| -> serde_json::Value {
+    super::log_text(log, &md);
+    super::write_text(&o.out, "modes.md", &md)?;
+    let js = |v: &[Share]| -> serde_json::Value {
         json!(v
             .iter()
             .map(|(c, n, w)| json!({"label": c, "share": n, "weight": w}))
             .collect::<Vec<_>>())
     };
-    diffpost::io::write_bytes(
-        &o.out.join("modes.json"),
-        serde_json::to_string_pretty(&json!({
-            "index": o.index, "label": labels[o.index], "hide": o.hide, "eta": eta, "n": o.n,
-            "grid": "row 1: truth | pseudo-inverse; then SMC, Alg. 2, DPS samples sorted by group",
-            "smc": {"particles": particles, "spread": spread(&smc_rows), "groups": js(&smc_shares), "weighted_groups": js(&weight_shares), "log_evidence": lz,
-                    "evals": smc.diagnostics.score_evals_per_sample.mean, "stages": stages, "wall_s": t_smc},
-            "alg2": {"spread": spread(&loc_rows), "groups": js(&shares(&g_loc, None)), "evals": l.score_evals + d.score_evals, "wall_s": t_loc},
-            "dps": {"spread": spread(&dps_rows), "groups": js(&shares(&g_dps, None)), "evals": d.score_evals, "wall_s": t_dps},
-        }))?
-        .as_bytes(),
-    )?;
-    println!("\nfigure {}", o.out.join("modes.png").display());
-    Ok(())
+    let json = json!({
+        "index": o.index, "label": labels[o.index], "hide": o.hide, "eta": eta, "n": o.n,
+        "grid": "row 1: truth | pseudo-inverse; then SMC, Alg. 2, DPS samples sorted by group",
+        "smc": {"particles": particles, "spread": spread(&smc_rows), "groups": js(&smc_shares), "weighted_groups": js(&weight_shares), "log_evidence": lz,
+                "evals": smc.diagnostics.score_evals_per_sample.mean, "stages": stages, "wall_s": t_smc},
+        "alg2": {"spread": spread(&loc_rows), "groups": js(&shares(&g_loc, None)), "evals": loc_evals, "wall_s": t_loc},
+        "dps": {"spread": spread(&dps_rows), "groups": js(&shares(&g_dps, None)), "evals": dps_evals, "wall_s": t_dps},
+    });
+    super::write_json(&o.out, "modes.json", &json)?;
+    log(&format!("\nfigure {}", figure.display()));
+    Ok(Modes {
+        markdown: md,
+        json,
+        figure,
+    })
 }
