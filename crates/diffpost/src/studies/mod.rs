@@ -104,7 +104,13 @@ pub fn warm_dps_spec(local: &SamplerSpec) -> Result<SamplerSpec> {
             "needs a `local` sampler with warm_start = \"dps\"",
         ));
     }
-    spec(json!({ "kind": "dps", "steps": t["warm_steps"], "zeta": t["zeta"] }))
+    let mut dps = json!({ "kind": "dps" });
+    for (from, to) in [("warm_steps", "steps"), ("zeta", "zeta")] {
+        if let Some(v) = t.get(from).filter(|v| !v.is_null()) {
+            dps[to] = v.clone();
+        }
+    }
+    spec(dps)
 }
 
 /// A batch of Algorithm 2 warm-started from DPS, with the DPS samples as DPS made them.
