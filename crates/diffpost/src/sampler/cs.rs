@@ -3,14 +3,14 @@
 //! `sigma = R / delta`, draw `x0' = x0 + N(0, sigma^2 I)` per sample and return Algorithm 2 with
 //! `(x0', sigma)`. Under local log-concavity the error is at most `2r` when any algorithm achieves `r`.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::annealed::AnnealedConfig;
+pub use super::estimate::{estimate, fista, Estimator};
 use super::local;
 use super::method::{Kernel, Method};
 use super::{Info, Monitor, Output, Problem};
-use crate::operator::{cg_least_squares, LinearOperator};
 use crate::rng::SampleStreams;
 use crate::{Error, Result};
 
@@ -23,17 +23,6 @@ pub enum EstimatorKind {
     Lasso,
     /// Minimum-norm least squares by CG.
     LeastSquares,
-}
-
-/// The naive estimator of step 1, resolved.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum Estimator {
-    /// `argmin 0.5 |A x - y|^2 + lambda |x|_1` by FISTA (Beck & Teboulle 2009); default
-    /// `lambda = eta sqrt(2 ln d) ||A||` (the universal threshold).
-    Lasso { lambda: Option<f64>, iters: usize },
-    /// Minimum-norm least squares by CG on the normal equations.
-    LeastSquares { iters: usize },
 }
 
 /// Algorithm 3 settings (`kind = "cs"`): the estimator's, then Algorithm 1's (Algorithm 2's
@@ -182,52 +171,6 @@ impl Kernel for CsKernel {
         mon: &dyn Monitor,
     ) -> Result<Output> {
         sample_from(problem, &self.x0, &self.cfg, streams, mon)
-    }
-}
-
-/// FISTA for the LASSO on every row of `y: [B, m]`.
-/// `a_norm` is `||A||` (the gradient's Lipschitz constant is its square).
-pub fn fista(
-    op: &dyn LinearOperator,
-    y: &Tensor,
-    lambda: f64,
-    iters: usize,
-    a_norm: f64,
-) -> Result<Tensor> {
-    let l = a_norm * a_norm;
-    if l == 0.0 {
-        return Err(Error::param("operator", "zero operator"));
-    }
-    let b = y.dims()[0];
-    let mut x = Tensor::zeros((b, op.in_dim()), DType::F64, y.device())?;
-    let mut z = x.clone();
-    let mut t = 1.0f64;
-    let tau = lambda / l;
-    for _ in 0..iters {
-        let grad = op.adjoint(&op.apply(&z)?.broadcast_sub(y)?)?;
-        let v = (&z - (grad / l)?)?;
-        // Soft threshold: v - clamp(v, -tau, tau).
-        let x_new = (&v - v.clamp(-tau, tau)?)?;
-        let t_new = 0.5 * (1.0 + (1.0 + 4.0 * t * t).sqrt());
-        z = (&x_new + ((&x_new - &x)? * ((t - 1.0) / t_new))?)?;
-        x = x_new;
-        t = t_new;
-    }
-    Ok(x)
-}
-
-/// The naive estimate `x0` (`[1, d]`).
-pub fn estimate(problem: &Problem, est: &Estimator) -> Result<Tensor> {
-    match est {
-        Estimator::Lasso { lambda, iters } => {
-            let a = problem.a_norm()?;
-            let lam = lambda
-                .unwrap_or(problem.eta * (2.0 * (problem.prior.dim() as f64).ln()).sqrt() * a);
-            fista(problem.op, &problem.y, lam, *iters, a)
-        }
-        Estimator::LeastSquares { iters } => {
-            cg_least_squares(problem.op, &problem.y, None, 0.0, *iters, 1e-10)
-        }
     }
 }
 

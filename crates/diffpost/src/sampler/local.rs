@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::annealed::{sample_with, AnnealedConfig};
 use super::dps::DpsConfig;
+use super::estimate::{estimate, Estimator};
 use super::method::{Kernel, Method};
-use super::{cs, dps, Info, Monitor, Output, Problem, Silent, StepRule, WarmStartRun};
+use super::{dps, Info, Monitor, Output, Problem, Silent, StepRule, WarmStartRun};
 use crate::prior::{Denoiser, GaussianTilted};
 use crate::rng::SampleStreams;
 use crate::{Error, Result};
@@ -158,17 +159,16 @@ impl Method for LocalConfig {
                 ))
             }
             WarmStart::Dps => Warm::Dps(self.warm_dps()?.expect("warm_start = dps")),
-            WarmStart::Lasso => Warm::Shared(cs::estimate(
+            WarmStart::Lasso => Warm::Shared(estimate(
                 problem,
-                &cs::Estimator::Lasso {
+                &Estimator::Lasso {
                     lambda: None,
                     iters: 500,
                 },
             )?),
-            WarmStart::LeastSquares => Warm::Shared(cs::estimate(
-                problem,
-                &cs::Estimator::LeastSquares { iters: 500 },
-            )?),
+            WarmStart::LeastSquares => {
+                Warm::Shared(estimate(problem, &Estimator::LeastSquares { iters: 500 })?)
+            }
             WarmStart::File(p) => {
                 let d = problem.prior.dim();
                 let t = crate::io::read_array(p, "warm start x0")?;
@@ -284,15 +284,16 @@ impl Kernel for LocalKernel {
     ) -> Result<Output> {
         let t = std::time::Instant::now();
         let (x0, warm_evals) = self.warm.draw(problem, streams)?;
-        let x0 = match self.cfg.clip {
-            Some([lo, hi]) => x0.clamp(lo, hi)?,
-            None => x0,
+        let (x0, unclipped) = match self.cfg.clip {
+            Some([lo, hi]) => (x0.clamp(lo, hi)?, Some(x0)),
+            None => (x0, None),
         };
         let wall_s = t.elapsed().as_secs_f64();
         let mut o = sample(problem, &x0, &self.cfg, streams, mon)?;
         o.score_evals += warm_evals;
         o.warm_start = Some(WarmStartRun {
             x0,
+            unclipped,
             score_evals: warm_evals,
             wall_s,
         });

@@ -11,6 +11,7 @@ pub mod cs;
 pub mod daps;
 pub mod diffusion;
 pub mod dps;
+pub mod estimate;
 pub mod exact;
 pub mod health;
 pub mod integrator;
@@ -267,10 +268,12 @@ pub struct Output {
 }
 
 /// Algorithm 2's warm start as it ran for a batch: `x0` (`[1, d]` shared or `[B, d]`, after
-/// `clip`), the evaluations per sample it cost (a DPS run) and its wall-clock time.
+/// `clip`), the estimate before `clip` when one is set (a DPS sample as DPS made it), the
+/// evaluations per sample it cost (a DPS run) and its wall-clock time.
 #[derive(Debug, Clone)]
 pub struct WarmStartRun {
     pub x0: Tensor,
+    pub unclipped: Option<Tensor>,
     pub score_evals: u64,
     pub wall_s: f64,
 }

@@ -29,11 +29,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Tensor;
-use serde_json::json;
 
 use crate::operator::image::ImageOperatorSpec;
 use crate::rng::SampleStreams;
 use crate::run::{ProblemParts, RunContext};
+use crate::sampler::annealed::AnnealedConfig;
+use crate::sampler::local::{LocalConfig, WarmStart};
+use crate::sampler::settings::{ScoreLevel, Step};
 use crate::sampler::spec::SamplerSpec;
 use crate::sampler::{Output, Silent};
 use crate::{Error, Result};
@@ -80,37 +82,40 @@ pub fn image_local_spec(
     h_rel: f64,
     final_denoise: bool,
 ) -> Result<SamplerSpec> {
-    spec(json!({
-        "kind": "local",
-        "sigma": 0.1,
-        "start_at_x0": true,
-        "warm_start": "dps",
-        "warm_steps": dps_steps,
-        "clip": IMAGE_RANGE,
-        "stages": 5,
-        "steps_per_stage": steps_per_stage,
-        "h_rel": h_rel,
-        "score_sigma": 0.05,
-        "final_denoise": final_denoise,
-    }))
+    let spec = SamplerSpec::Local(LocalConfig {
+        sigma: Some(0.1),
+        start_at_x0: true,
+        warm_start: WarmStart::Dps,
+        warm_steps: Some(dps_steps),
+        clip: Some(IMAGE_RANGE),
+        annealed: AnnealedConfig {
+            stages: 5,
+            steps_per_stage,
+            step: Step::relative(h_rel),
+            score: ScoreLevel {
+                score_sigma: Some(0.05),
+                l_prior: None,
+            },
+            final_denoise,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    spec.validate()?;
+    Ok(spec)
 }
 
 /// The DPS sampler of a `local` spec's DPS warm start (`warm_steps`, `zeta`).
 pub fn warm_dps_spec(local: &SamplerSpec) -> Result<SamplerSpec> {
-    let t = local.to_table();
-    if t["kind"] != "local" || t["warm_start"] != "dps" {
-        return Err(Error::param(
+    match local {
+        SamplerSpec::Local(l) if l.warm_start == WarmStart::Dps => {
+            Ok(SamplerSpec::Dps(l.warm_dps()?.expect("warm_start = dps")))
+        }
+        _ => Err(Error::param(
             "sampler.warm_start",
             "needs a `local` sampler with warm_start = \"dps\"",
-        ));
+        )),
     }
-    let mut dps = json!({ "kind": "dps" });
-    for (from, to) in [("warm_steps", "steps"), ("zeta", "zeta")] {
-        if let Some(v) = t.get(from).filter(|v| !v.is_null()) {
-            dps[to] = v.clone();
-        }
-    }
-    spec(dps)
 }
 
 /// A batch of Algorithm 2 warm-started from DPS, with the DPS samples as DPS made them.
@@ -128,38 +133,28 @@ pub struct DpsThenLocal {
 }
 
 /// Runs `spec` (a `local` sampler with `warm_start = "dps"`, see [`image_local_spec`]) on one batch
-/// of streams and keeps the unclipped DPS samples for the studies that report DPS itself.
-///
-/// Each sample's DPS run and then its Algorithm 2 chain draw from the sample's own stream, in
-/// that order, exactly as `sample_batch` of the spec does in one call (the library test
-/// `dps_then_local_is_the_one_call_warm_start` checks that the samples are bit-identical). It
-/// takes two calls, DPS and then Algorithm 2 from DPS's output with the spec's `clip`, because
-/// the one call reports its warm start after `clip` (`Output::warm_start.x0`) while the studies
-/// report the DPS samples before it.
+/// of streams: the library's one DPS-then-Algorithm-2 warm start, in one call. The DPS samples
+/// as DPS made them (before `clip`) come from `Output::warm_start`, for the studies that report
+/// DPS itself.
 pub fn dps_then_local(
     parts: ProblemParts,
     spec: &SamplerSpec,
     streams: &mut SampleStreams,
 ) -> Result<DpsThenLocal> {
+    warm_dps_spec(spec)?;
     let t = Instant::now();
-    let d = RunContext::new(parts, &warm_dps_spec(spec)?)?.sample_batch(streams, &Silent)?;
-    let dps_wall_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let mut local = RunContext::new(parts, spec)?
-        .with_warm_start(d.samples.clone())?
-        .sample_batch(streams, &Silent)?;
-    // As the one call reports them: Algorithm 2's evaluations include its warm start's.
-    local.score_evals += d.score_evals;
-    if let Some(w) = local.warm_start.as_mut() {
-        w.score_evals = d.score_evals;
-        w.wall_s += dps_wall_s;
-    }
+    let local = RunContext::new(parts, spec)?.sample_batch(streams, &Silent)?;
+    let wall_s = t.elapsed().as_secs_f64();
+    let w = local
+        .warm_start
+        .as_ref()
+        .ok_or_else(|| Error::Numerical("a local run without its warm start".into()))?;
     Ok(DpsThenLocal {
-        dps: d.samples,
-        dps_evals: d.score_evals,
-        dps_wall_s,
+        dps: w.unclipped.clone().unwrap_or_else(|| w.x0.clone()),
+        dps_evals: w.score_evals,
+        dps_wall_s: w.wall_s,
+        wall_s,
         local,
-        wall_s: t.elapsed().as_secs_f64() + dps_wall_s,
     })
 }
 
@@ -226,6 +221,7 @@ mod tests {
     use super::*;
     use crate::operator::Dense;
     use crate::problem::random_gmm_instance;
+    use serde_json::json;
 
     /// The studies' two calls (DPS, then Algorithm 2 from its output) give the samples of the one
     /// call of the spec with its DPS warm start, bit for bit, and its clipped warm start.
@@ -246,12 +242,36 @@ mod tests {
             .filter(|(_, v)| !v.is_null())
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let bits = |t: &Tensor| -> Vec<u64> {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
         let s = spec(serde_json::Value::Object(table)).unwrap();
+        // The old two-step code: DPS, then Algorithm 2 from its clipped samples.
+        let mut streams = SampleStreams::new(3, 0..5);
+        let d = RunContext::new(parts, &warm_dps_spec(&s).unwrap())
+            .unwrap()
+            .sample_batch(&mut streams, &Silent)
+            .unwrap();
+        let old = RunContext::new(parts, &s)
+            .unwrap()
+            .with_warm_start(d.samples.clamp(-0.3, 0.4).unwrap())
+            .unwrap()
+            .sample_batch(&mut streams, &Silent)
+            .unwrap();
         let two = dps_then_local(parts, &s, &mut SampleStreams::new(3, 0..5)).unwrap();
         let one = RunContext::new(parts, &s)
             .unwrap()
             .sample_batch(&mut SampleStreams::new(3, 0..5), &Silent)
             .unwrap();
+        assert_eq!(bits(&old.samples), bits(&one.samples));
+        assert_eq!(bits(&d.samples), bits(&two.dps));
+        assert_eq!(old.score_evals + d.score_evals, one.score_evals);
         let bits = |t: &Tensor| -> Vec<u64> {
             t.flatten_all()
                 .unwrap()

@@ -6,11 +6,13 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 use serde_json::json;
 
-use super::{rows, shipped, spec};
+use super::{rows, shipped};
 use crate::imaging::save_grid;
 use crate::operator::Identity;
 use crate::rng::SampleStreams;
 use crate::run::{ProblemParts, RunContext};
+use crate::sampler::diffusion::{DiffusionConfig, Solver};
+use crate::sampler::spec::SamplerSpec;
 use crate::sampler::Silent;
 use crate::Result;
 
@@ -48,14 +50,13 @@ pub fn run(o: &Opts, log: &mut dyn FnMut(&str)) -> Result<Report> {
     let shape = prior.image_shape();
     std::fs::create_dir_all(&o.out)?;
     let (smin, smax) = prior.sigma_range();
-    let sampler = spec(json!({
-        "kind": "prior",
-        "init_method": "heun",
-        "steps": o.steps,
-        "sigma_max": smax,
-        "sigma_min": smin,
-        "rho": 7.0,
-    }))?;
+    let sampler = SamplerSpec::Prior(DiffusionConfig {
+        init_method: Solver::Heun,
+        steps: o.steps,
+        sigma_max: Some(smax),
+        sigma_min: Some(smin),
+        rho: 7.0,
+    });
     // The prior sampler never looks at the measurement: any problem of the prior's dimension.
     let (op, y) = (
         Identity::new(prior.dim()),
