@@ -6,7 +6,7 @@
 #   tools/compare_builds.sh OLD_BIN NEW_BIN [WORKDIR]
 #
 # Samples (samples.npy, particles.npy, weights.npy, the studies' .npy and JSON numbers) must be
-# bit for bit equal; summary.json is compared without its timings (wall_s, timing_s, callback)
+# bit for bit equal (and the studies' PNG figures byte for byte); summary.json is compared without its timings (wall_s, timing_s, callback)
 # and any other difference is printed. Exit code 1 if any sample file differs.
 # Small budgets keep it to a few minutes on 2 cores.
 set -uo pipefail
@@ -145,9 +145,9 @@ for v in old new; do
 done
 for s in img modes; do
   ok=1
-  for f in $(cd "${s}_old" 2>/dev/null && find . -name '*.npy' -o -name '*.json' | sort); do
+  for f in $(cd "${s}_old" 2>/dev/null && find . -name '*.npy' -o -name '*.json' -o -name '*.png' | sort); do
     case $f in
-      *.npy) cmp -s "${s}_old/$f" "${s}_new/$f" || { echo "DIFF  $s: $f"; ok=0; } ;;
+      *.npy|*.png) cmp -s "${s}_old/$f" "${s}_new/$f" || { echo "DIFF  $s: $f"; ok=0; } ;;
       *.json) [ "$(strip_json "${s}_old/$f")" = "$(strip_json "${s}_new/$f")" ] || { echo "DIFF  $s: $f (numbers)"; ok=0; } ;;
     esac
   done
