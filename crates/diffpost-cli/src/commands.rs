@@ -9,7 +9,7 @@ use diffpost::commit::{Replace, Staging};
 use diffpost::config::ProblemConfig;
 use diffpost::nn::model_folder;
 use diffpost::nn::{train::WEIGHTS_FILE, Trainer};
-use diffpost::run::summary::{merge_parts, write_run, ShardParts, RUN_OUTPUTS};
+use diffpost::run::summary::{check_merge_target, merge_parts, write_run, ShardParts, RUN_OUTPUTS};
 use diffpost::run::{NoProgress, RunContext, RunPlan, Shard};
 use diffpost::sampler::spec::KINDS;
 use diffpost::studies::{
@@ -147,6 +147,7 @@ pub fn sample(a: &SampleArgs) -> Result<()> {
 
 /// `diffpost merge`: checks that `dirs` are the shards of one run and writes the whole run.
 pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<()> {
+    check_merge_target(dirs, out)?;
     let staging = stage(out, RUN_OUTPUTS)?;
     let parts = dirs.iter().map(|d| ShardParts::read(d));
     let m = merge_parts(parts.collect::<diffpost::Result<_>>()?)?;

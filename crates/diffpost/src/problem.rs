@@ -33,8 +33,11 @@ pub fn random_gmm_instance(d: usize, m: usize, k: usize, eta: f64, seed: u64) ->
     if d == 0 || m == 0 || k == 0 {
         return Err(Error::param("d/m/k", "must be positive"));
     }
-    if !(eta > 0.0) {
-        return Err(Error::param("eta", "must be > 0"));
+    if !(eta > 0.0) || !eta.is_finite() {
+        return Err(Error::param(
+            "eta",
+            format!("must be finite and > 0, got {eta}"),
+        ));
     }
     check_gmm_instance_size(d, m, k)?;
     check_gmm_instance_size(d, m, k)?;
@@ -100,8 +103,11 @@ pub fn separated_gmm_instance(d: usize, m: usize, eta: f64, seed: u64) -> Result
     if d < m + 2 || m < 2 {
         return Err(Error::param("d/m", "need m >= 2 and d >= m + 2"));
     }
-    if !(eta > 0.0) {
-        return Err(Error::param("eta", "must be > 0"));
+    if !(eta > 0.0) || !eta.is_finite() {
+        return Err(Error::param(
+            "eta",
+            format!("must be finite and > 0, got {eta}"),
+        ));
     }
     check_gmm_instance_size(d, m, 3)?;
     let mut s = SampleStreams::new(seed, [0]);

@@ -315,3 +315,33 @@ fn non_finite_floats_are_refused_in_every_key_of_every_kind() {
     });
     assert_eq!(field(s.validate().unwrap_err()).0, "sampler.ess_target");
 }
+
+/// `params` records the schedule as it ran: the admissible schedule chooses its own number of
+/// levels, which replaces the `stages` of the table (ignored under it), and `eta_max`.
+#[test]
+fn params_record_the_admissible_schedule_as_it_ran() {
+    let inst = instance();
+    let s = spec(
+        "kind = \"annealed\"\nschedule = \"admissible\"\nstages = 5\nsteps_per_stage = 1\ninit = \"noise\"",
+    )
+    .unwrap();
+    let out = run_with(&inst, &s, RunPlan::new(2, 1));
+    let levels = out.info.etas.as_ref().unwrap().len();
+    assert_ne!(levels, 5);
+    let mut params = s.to_table().as_object().unwrap().clone();
+    s.method().record_resolved(&out.info, &mut params);
+    assert_eq!(params["stages"], serde_json::json!(levels));
+    assert_eq!(
+        params["eta_max"],
+        serde_json::json!(out.info.etas.as_ref().unwrap()[0])
+    );
+    // It is still a valid table, for the same run.
+    let back = SamplerSpec::from_map(params).unwrap();
+    assert_eq!(
+        run_with(&inst, &back, RunPlan::new(2, 1))
+            .samples
+            .to_vec2::<f64>()
+            .unwrap(),
+        out.samples.to_vec2::<f64>().unwrap()
+    );
+}

@@ -3,7 +3,7 @@
 //! population order; [`merge_parts`] also joins the weighted particles of SMC shards
 //! ([`ShardParts::read`] reads a shard's folder, [`write_run`] writes a run's).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -290,6 +290,26 @@ pub struct ShardParts {
     pub name: String,
 }
 
+/// Refuses an output folder that is one of the shard folders being merged (the merge would
+/// replace a shard it reads). Paths are compared as the file system resolves them.
+pub fn check_merge_target(dirs: &[PathBuf], out: &Path) -> Result<()> {
+    let Ok(out_c) = std::fs::canonicalize(out) else {
+        return Ok(()); // a new folder is none of the inputs
+    };
+    for d in dirs {
+        if std::fs::canonicalize(d).is_ok_and(|c| c == out_c) {
+            return Err(Error::param(
+                "merge --out",
+                format!(
+                    "{} is one of the shards being merged: write the merged run to another folder",
+                    out.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl ShardParts {
     /// Reads the shard written into `dir`.
     pub fn read(dir: &Path) -> Result<Self> {
@@ -376,6 +396,22 @@ pub fn merge_parts(parts: Vec<ShardParts>) -> Result<Merged> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn merge_refuses_to_write_into_one_of_its_shards() {
+        let dir =
+            std::env::temp_dir().join(format!("diffpost-merge-target-{}", std::process::id()));
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let dirs = vec![a.clone(), b.clone()];
+        assert!(check_merge_target(&dirs, &b).is_err());
+        assert!(check_merge_target(&dirs, &dir.join("b/../b")).is_err());
+        assert!(check_merge_target(&dirs, &dir.join("merged")).is_ok());
+        assert!(check_merge_target(&dirs, &dir).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     use candle_core::Device;
 
     use super::*;

@@ -28,7 +28,8 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AnnealedConfig {
-    /// `N`, the number of eta levels (N - 1 Langevin runs).
+    /// `N`, the number of eta levels (N - 1 Langevin runs); the admissible schedule builds its
+    /// own (recorded in `summary.json` `params`).
     pub stages: usize,
     /// `eta_1`; default `eta * min(100, 2^((stages - 1)/2))`.
     pub eta_max: Option<f64>,
@@ -258,7 +259,7 @@ impl Method for AnnealedConfig {
         info: &Info,
         params: &mut serde_json::Map<String, serde_json::Value>,
     ) {
-        record_eta_max(info, params);
+        record_schedule(info, params);
     }
 
     fn filled(&self) -> Self {
@@ -266,11 +267,18 @@ impl Method for AnnealedConfig {
     }
 }
 
-/// `eta_max` as the schedule resolved it, when the config left it to its default.
-pub(crate) fn record_eta_max(info: &Info, params: &mut serde_json::Map<String, serde_json::Value>) {
+/// The schedule as it ran: `eta_max` when the config left it to its default, and for the
+/// admissible schedule (which chooses its own number of levels) `stages`, the levels it built.
+pub(crate) fn record_schedule(
+    info: &Info,
+    params: &mut serde_json::Map<String, serde_json::Value>,
+) {
     if let Some(etas) = &info.etas {
         if !params.contains_key("eta_max") {
             params.insert("eta_max".into(), serde_json::json!(etas[0]));
+        }
+        if params.get("schedule").and_then(|v| v.as_str()) == Some("admissible") {
+            params.insert("stages".into(), serde_json::json!(etas.len()));
         }
     }
 }

@@ -189,7 +189,7 @@ impl Method for LocalConfig {
         info: &Info,
         params: &mut serde_json::Map<String, serde_json::Value>,
     ) {
-        super::annealed::record_eta_max(info, params);
+        super::annealed::record_schedule(info, params);
     }
 
     fn filled(&self) -> Self {
