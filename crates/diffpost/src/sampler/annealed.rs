@@ -104,16 +104,6 @@ impl AnnealedConfig {
         Ok(())
     }
 
-    /// Every default written out (`summary.json` `params`).
-    pub fn filled(&self) -> Self {
-        Self {
-            admissible: self.admissible.filled(self.schedule),
-            step: self.step.filled(H_REL),
-            start: self.start.filled(StartKind::Diffusion),
-            ..self.clone()
-        }
-    }
-
     /// The eta levels `eta_1 > ... > eta_N = eta`.
     pub fn etas(&self, eta: f64, a_norm: f64, d: usize, m: usize) -> Result<Vec<f64>> {
         match self.schedule {
@@ -262,8 +252,14 @@ impl Method for AnnealedConfig {
         record_schedule(info, params);
     }
 
+    /// Every default written out (`summary.json` `params`).
     fn filled(&self) -> Self {
-        AnnealedConfig::filled(self)
+        Self {
+            admissible: self.admissible.filled(self.schedule),
+            step: self.step.filled(H_REL),
+            start: self.start.filled(StartKind::Diffusion),
+            ..self.clone()
+        }
     }
 }
 

@@ -55,15 +55,6 @@ impl MalaConfig {
         self.start.resolve(StartKind::Diffusion)?;
         Ok(())
     }
-
-    /// Every default written out (`summary.json` `params`).
-    pub fn filled(&self) -> Self {
-        Self {
-            step: self.step.filled(H_REL),
-            start: self.start.filled(StartKind::Diffusion),
-            ..self.clone()
-        }
-    }
 }
 
 /// `(log pi(x) [B], grad log pi(x) [B, d])` for the posterior with noise `eta` (the tempered
@@ -199,8 +190,13 @@ impl Method for MalaConfig {
         Ok(Box::new(self.clone()))
     }
 
+    /// Every default written out (`summary.json` `params`).
     fn filled(&self) -> Self {
-        MalaConfig::filled(self)
+        Self {
+            step: self.step.filled(H_REL),
+            start: self.start.filled(StartKind::Diffusion),
+            ..self.clone()
+        }
     }
 }
 

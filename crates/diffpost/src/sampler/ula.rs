@@ -81,15 +81,6 @@ impl UlaConfig {
         self.start.resolve(StartKind::Diffusion)?;
         Ok(())
     }
-
-    /// Every default written out (`summary.json` `params`).
-    pub fn filled(&self) -> Self {
-        Self {
-            step: self.step.filled(H_REL),
-            start: self.start.filled(StartKind::Diffusion),
-            ..self.clone()
-        }
-    }
 }
 
 /// `steps` ULA steps targeting `p(x | y_target)` with noise `eta` (`y_target` `[1,m]` or `[B,m]`).
@@ -218,8 +209,13 @@ impl Method for UlaConfig {
         Ok(Box::new(self.clone()))
     }
 
+    /// Every default written out (`summary.json` `params`).
     fn filled(&self) -> Self {
-        UlaConfig::filled(self)
+        Self {
+            step: self.step.filled(H_REL),
+            start: self.start.filled(StartKind::Diffusion),
+            ..self.clone()
+        }
     }
 }
 
