@@ -7,7 +7,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor, D};
 use nalgebra::DMatrix;
 
-use super::{Covs, GaussianMixture, Smoothed};
+use super::{Covs, GaussianMixture, LowRankSmoothed, Smoothed};
 use crate::{Error, Result};
 
 impl GaussianMixture {
@@ -62,7 +62,43 @@ impl GaussianMixture {
                     .flat_map(|c| c.iter().map(|l| 1.0 / (l + s2)))
                     .collect();
                 Ok(Smoothed {
+                    low_rank: None,
                     prec: Tensor::from_vec(p, (k, d), &self.device)?,
+                    prec_mu: None,
+                    log_const,
+                    host: None,
+                })
+            }
+            Covs::LowRank { u, lambda, floor } => {
+                let r = lambda[0].len();
+                let mut ucat = vec![0.0; d * k * r];
+                let mut ut = Vec::with_capacity(k * r * d);
+                let mut utmu = Vec::with_capacity(k * r);
+                let mut coef = Vec::with_capacity(k * r);
+                let mut c0 = Vec::with_capacity(k);
+                for i in 0..k {
+                    let c = 1.0 / (floor[i] + s2);
+                    c0.push(c);
+                    for j in 0..r {
+                        coef.push(1.0 / (lambda[i][j] + s2) - c);
+                        let col = u[i].column(j);
+                        utmu.push(col.dot(&self.means[i]));
+                        for (row, v) in col.iter().enumerate() {
+                            ucat[row * k * r + i * r + j] = *v;
+                        }
+                        ut.extend(col.iter().copied());
+                    }
+                }
+                let dev = &self.device;
+                Ok(Smoothed {
+                    low_rank: Some(LowRankSmoothed {
+                        ucat: Tensor::from_vec(ucat, (d, k * r), dev)?,
+                        ut: Tensor::from_vec(ut, (k, r, d), dev)?,
+                        utmu: Tensor::from_vec(utmu, (k, r), dev)?,
+                        coef: Tensor::from_vec(coef, (k, r), dev)?,
+                        c0: Tensor::from_vec(c0, k, dev)?,
+                    }),
+                    prec: Tensor::zeros(1, DType::F64, dev)?,
                     prec_mu: None,
                     log_const,
                     host: None,
@@ -88,6 +124,7 @@ impl GaussianMixture {
                 }
                 let lc: Vec<f64> = log_const.to_device(&Device::Cpu)?.to_vec1()?;
                 Ok(Smoothed {
+                    low_rank: None,
                     prec: Tensor::from_vec(pcat.clone(), (d, k * d), &self.device)?,
                     prec_mu: Some(Tensor::from_vec(pmu.clone(), (k, d), &self.device)?),
                     log_const,
@@ -109,6 +146,24 @@ impl GaussianMixture {
         let sm = self.smoothed(sigma)?;
         let x = x.to_dtype(DType::F64)?;
         let delta = x.unsqueeze(1)?.broadcast_sub(&self.means_t.unsqueeze(0)?)?; // [B,K,d]
+        if let Some(lr) = &sm.low_rank {
+            // G_k = c0_k (x - mu_k) + U_k (coef_k * U_k^T (x - mu_k)).
+            let r = lr.coef.dims()[1];
+            let proj = x
+                .matmul(&lr.ucat)?
+                .reshape((b, k, r))?
+                .broadcast_sub(&lr.utmu.unsqueeze(0)?)?; // [B,K,r]
+            let scaled = proj.broadcast_mul(&lr.coef.unsqueeze(0)?)?;
+            let back = scaled
+                .transpose(0, 1)?
+                .contiguous()?
+                .matmul(&lr.ut)?
+                .transpose(0, 1)?; // [B,K,d]
+            let g = (delta.broadcast_mul(&lr.c0.reshape((1, k, 1))?)? + back)?;
+            let q = (&delta * &g)?.sum(D::Minus1)?;
+            let logits = sm.log_const.unsqueeze(0)?.broadcast_sub(&(q * 0.5)?)?;
+            return Ok((logits, g));
+        }
         let g = match &sm.prec_mu {
             None => delta.broadcast_mul(&sm.prec.unsqueeze(0)?)?,
             Some(pmu) => x

@@ -39,6 +39,16 @@ impl GaussianMixture {
                         row[j] = self.means[c][j] + v[c][j].sqrt() * zi[j];
                     }
                 }
+                Covs::LowRank { u, lambda, floor } => {
+                    // x = mu + sqrt(f) z + U diag(sqrt(lambda) - sqrt(f)) U^T z: covariance
+                    // U diag(lambda) U^T + f (I - U U^T).
+                    let zv = nalgebra::DVectorView::from_slice(zi, d);
+                    let sf = floor[c].sqrt();
+                    let p = u[c].tr_mul(&zv);
+                    let p = p.zip_map(&lambda[c], |pj, l| pj * (l.sqrt() - sf));
+                    let x = &self.means[c] + zv * sf + &u[c] * p;
+                    row.copy_from_slice(x.as_slice());
+                }
                 Covs::Full {
                     eigvals, eigvecs, ..
                 } => {

@@ -1,5 +1,5 @@
-//! Gaussian-mixture prior `p(x) = sum_k w_k N(mu_k, S_k)` with full, diagonal or isotropic
-//! covariances (a Gaussian is K = 1). Everything is closed form (docs/algorithms.md, "Exact references"):
+//! Gaussian-mixture prior `p(x) = sum_k w_k N(mu_k, S_k)` with full, diagonal, isotropic or
+//! low-rank-plus-floor (probabilistic PCA) covariances (a Gaussian is K = 1). Everything is closed form (docs/algorithms.md, "Exact references"):
 //! the smoothed prior is `sum_k w_k N(mu_k, S_k + sigma^2 I)`, so the smoothed score, the Tweedie
 //! denoiser and the log-density are exact at every `sigma >= 0` (at `sigma = 0` the `S_k` must be
 //! positive definite), and the posterior under a linear Gaussian measurement is again a mixture.
@@ -8,7 +8,7 @@
 //! (`from_npz`, `write_npz`), `components` the smoothed components at one `sigma` and the generic
 //! score, `fused` the fused CPU score kernel, `posterior` the closed forms under a linear Gaussian
 //! measurement (posterior and evidence), `denoiser` the prior traits (`Denoiser`, `LogDensity`,
-//! `ExactSample`).
+//! `ExactSample`), `denoising` exact draws of `p(x | x + rho e = z)` (SMC with Gibbs moves).
 
 use std::sync::{Arc, Mutex};
 
@@ -19,6 +19,7 @@ use crate::{Error, Result};
 
 mod components;
 mod denoiser;
+mod denoising;
 mod fused;
 mod npz;
 mod posterior;
@@ -32,6 +33,10 @@ pub enum CovKind {
     Diagonal,
     /// General symmetric positive semi-definite `S_k`.
     Full,
+    /// `S_k = U_k diag(lambda_k) U_k^T + floor_k (I - U_k U_k^T)`: `r` eigenpairs and an
+    /// isotropic floor (a mixture of probabilistic PCA, as fitted to images; every operation
+    /// costs `O(K r d)` per row instead of `O(K d^2)`).
+    LowRank,
 }
 
 #[derive(Debug, Clone)]
@@ -44,10 +49,19 @@ enum Covs {
         eigvals: Vec<DVector<f64>>,
         eigvecs: Vec<DMatrix<f64>>,
     },
+    /// `S_k = U_k diag(lambda_k) U_k^T + floor_k (I - U_k U_k^T)`, `U_k: [d, r]` orthonormal
+    /// columns (the same `r` for every component), `lambda_k: [r]`, `floor_k > 0`.
+    LowRank {
+        u: Vec<DMatrix<f64>>,
+        lambda: Vec<DVector<f64>>,
+        floor: Vec<f64>,
+    },
 }
 
 /// Precomputed tensors of the smoothed prior at one `sigma`.
 struct Smoothed {
+    /// Low-rank covariances only (then `prec` is unused).
+    low_rank: Option<LowRankSmoothed>,
     /// Full: `[d, K d]` concatenated precisions `P_k = (S_k + sigma^2 I)^-1`; diag: `[K, d]` diagonals.
     prec: Tensor,
     /// Full only: `[K, d]` rows `P_k mu_k`.
@@ -57,6 +71,21 @@ struct Smoothed {
     /// Full covariances: row-major host copies for the fused CPU kernel
     /// (`[d, K d]` precisions, `[K, d]` `P_k mu_k`, `[K]` constants).
     host: Option<(Vec<f64>, Vec<f64>, Vec<f64>)>,
+}
+
+/// The smoothed low-rank components: `P_k = c0_k I + U_k diag(coef_k) U_k^T` with
+/// `c0_k = 1 / (floor_k + sigma^2)`, `coef_kj = 1 / (lambda_kj + sigma^2) - c0_k`.
+struct LowRankSmoothed {
+    /// `[d, K r]`: the `U_k` side by side.
+    ucat: Tensor,
+    /// `[K, r, d]`: the `U_k^T`.
+    ut: Tensor,
+    /// `[K, r]`: `U_k^T mu_k`.
+    utmu: Tensor,
+    /// `[K, r]`.
+    coef: Tensor,
+    /// `[K]`.
+    c0: Tensor,
 }
 
 /// Gaussian-mixture prior. See the module docs.
@@ -120,30 +149,7 @@ impl GaussianMixture {
         if d == 0 {
             return Err(Error::param("means", "dimension d must be positive"));
         }
-        if weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
-            return Err(Error::param("weights", "weights must be finite and >= 0"));
-        }
-        let total: f64 = weights.iter().sum();
-        if total <= 0.0 {
-            return Err(Error::param("weights", "weights must not all be zero"));
-        }
-        let weights: Vec<f64> = weights.iter().map(|w| w / total).collect();
-        let mut mv = Vec::with_capacity(k);
-        for (i, m) in means.iter().enumerate() {
-            if m.len() != d {
-                return Err(Error::shape(
-                    format!("means[{i}]"),
-                    format!("[{d}]"),
-                    &[m.len()],
-                ));
-            }
-            if m.iter().any(|v| !v.is_finite()) {
-                return Err(Error::NonFinite {
-                    what: format!("means[{i}]"),
-                });
-            }
-            mv.push(DVector::from_column_slice(m));
-        }
+        let (weights, mv) = Self::check_weights_means(weights, &means, d)?;
         let mut diagonal = true;
         let mut isotropic = true;
         for (i, c) in covs.iter().enumerate() {
@@ -227,6 +233,128 @@ impl GaussianMixture {
         Self::assemble(d, weights, mv, covs_s, kind, Device::Cpu)
     }
 
+    /// Builds a mixture of probabilistic PCA: `S_k = U_k diag(lambda_k) U_k^T + floor_k (I -
+    /// U_k U_k^T)` from `eigvecs[k]: [d, r]` (columns: eigenvectors; the same `r` for every
+    /// component, `r <= d`), `eigvals[k]: [r]` (`>= 0`) and `floors[k] > 0`. The columns must be
+    /// orthonormal to within `1e-3` (f32 files); they are re-orthonormalised (QR) so that the
+    /// covariance is exactly symmetric positive definite in f64.
+    pub fn low_rank(
+        weights: Vec<f64>,
+        means: Vec<Vec<f64>>,
+        eigvecs: Vec<DMatrix<f64>>,
+        eigvals: Vec<DVector<f64>>,
+        floors: Vec<f64>,
+    ) -> Result<Self> {
+        let k = weights.len();
+        if k == 0 {
+            return Err(Error::param("weights", "at least one component is needed"));
+        }
+        if means.len() != k || eigvecs.len() != k || eigvals.len() != k || floors.len() != k {
+            return Err(Error::shape(
+                "means/eigvecs/eigvals/floor",
+                format!("K = {k} components (from weights)"),
+                &[means.len(), eigvecs.len(), eigvals.len(), floors.len()],
+            ));
+        }
+        let d = means[0].len();
+        if d == 0 {
+            return Err(Error::param("means", "dimension d must be positive"));
+        }
+        let r = eigvecs[0].ncols();
+        let (weights, mv) = Self::check_weights_means(weights, &means, d)?;
+        let mut us = Vec::with_capacity(k);
+        for i in 0..k {
+            let (u, l, f) = (&eigvecs[i], &eigvals[i], floors[i]);
+            if u.nrows() != d || u.ncols() != r || r > d {
+                return Err(Error::shape(
+                    format!("eigvecs[{i}]"),
+                    format!("[d = {d}, r = {r}] with r <= d"),
+                    &[u.nrows(), u.ncols()],
+                ));
+            }
+            if l.len() != r {
+                return Err(Error::shape(
+                    format!("eigvals[{i}]"),
+                    format!("[r = {r}]"),
+                    &[l.len()],
+                ));
+            }
+            if u.iter().chain(l.iter()).any(|v| !v.is_finite()) {
+                return Err(Error::NonFinite {
+                    what: format!("eigvecs/eigvals[{i}]"),
+                });
+            }
+            if !(f > 0.0) || !f.is_finite() {
+                return Err(Error::param(
+                    format!("floor[{i}]"),
+                    format!("must be finite and > 0, got {f}"),
+                ));
+            }
+            if let Some(j) = l.iter().position(|&v| v < 0.0) {
+                return Err(Error::param(
+                    format!("eigvals[{i}]"),
+                    format!("negative variance {} at {j}", l[j]),
+                ));
+            }
+            let gram = u.transpose() * u;
+            let off = (gram - DMatrix::<f64>::identity(r, r)).amax();
+            if off > 1e-3 {
+                return Err(Error::param(
+                    format!("eigvecs[{i}]"),
+                    format!("columns are not orthonormal (|U^T U - I|_max = {off:.2e})"),
+                ));
+            }
+            let q = u.clone().qr().q();
+            // QR may flip a column's sign; the covariance does not depend on signs.
+            us.push(q);
+        }
+        Self::assemble(
+            d,
+            weights,
+            mv,
+            Covs::LowRank {
+                u: us,
+                lambda: eigvals,
+                floor: floors,
+            },
+            CovKind::LowRank,
+            Device::Cpu,
+        )
+    }
+
+    /// Normalised weights and checked means (shared by the constructors).
+    fn check_weights_means(
+        weights: Vec<f64>,
+        means: &[Vec<f64>],
+        d: usize,
+    ) -> Result<(Vec<f64>, Vec<DVector<f64>>)> {
+        if weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
+            return Err(Error::param("weights", "weights must be finite and >= 0"));
+        }
+        let total: f64 = weights.iter().sum();
+        if total <= 0.0 {
+            return Err(Error::param("weights", "weights must not all be zero"));
+        }
+        let weights: Vec<f64> = weights.iter().map(|w| w / total).collect();
+        let mut mv = Vec::with_capacity(means.len());
+        for (i, m) in means.iter().enumerate() {
+            if m.len() != d {
+                return Err(Error::shape(
+                    format!("means[{i}]"),
+                    format!("[{d}]"),
+                    &[m.len()],
+                ));
+            }
+            if m.iter().any(|v| !v.is_finite()) {
+                return Err(Error::NonFinite {
+                    what: format!("means[{i}]"),
+                });
+            }
+            mv.push(DVector::from_column_slice(m));
+        }
+        Ok((weights, mv))
+    }
+
     /// Isotropic Gaussian `N(mean, var I)` (K = 1).
     pub fn isotropic(mean: Vec<f64>, var: f64) -> Result<Self> {
         let d = mean.len();
@@ -292,13 +420,25 @@ impl GaussianMixture {
         match &self.covs {
             Covs::Diag(v) => DMatrix::from_diagonal(&v[i]),
             Covs::Full { covs, .. } => covs[i].clone(),
+            Covs::LowRank { u, lambda, floor } => {
+                let shifted = lambda[i].map(|l| l - floor[i]);
+                let mut c = &u[i] * DMatrix::from_diagonal(&shifted) * u[i].transpose();
+                for j in 0..self.d {
+                    c[(j, j)] += floor[i];
+                }
+                c
+            }
         }
     }
-    /// Eigenvalues of `S_i` (unsorted).
+    /// Eigenvalues of `S_i` (unsorted, with multiplicity: `d` values).
     fn eigvals(&self, i: usize) -> DVector<f64> {
         match &self.covs {
             Covs::Diag(v) => v[i].clone(),
             Covs::Full { eigvals, .. } => eigvals[i].clone(),
+            Covs::LowRank { lambda, floor, .. } => {
+                let r = lambda[i].len();
+                DVector::from_fn(self.d, |j, _| if j < r { lambda[i][j] } else { floor[i] })
+            }
         }
     }
 
@@ -341,6 +481,12 @@ impl GaussianMixture {
             let diag = match &self.covs {
                 Covs::Diag(v) => v[i].clone(),
                 Covs::Full { covs, .. } => covs[i].diagonal(),
+                Covs::LowRank { u, lambda, floor } => DVector::from_fn(self.d, |j, _| {
+                    floor[i]
+                        + (0..lambda[i].len())
+                            .map(|c| (lambda[i][c] - floor[i]) * u[i][(j, c)].powi(2))
+                            .sum::<f64>()
+                }),
             };
             out += (diag + dm.component_mul(&dm)) * self.weights[i];
         }

@@ -1,9 +1,13 @@
-//! The mixture's file format: an `.npz` with `weights [K]`, `means [K, d]` and `covs [K, d, d]`.
+//! The mixture's file formats: an `.npz` with `weights [K]`, `means [K, d]` and `covs [K, d, d]`;
+//! or, for a mixture of probabilistic PCA (low-rank covariances, as fitted to images by
+//! `diffpost fit-gmm`), `weights [K]`, `means [K, d]`, `eigvecs [K, r, d]` (row `j` of block `k`:
+//! eigenvector `u_kj`), `eigvals [K, r]` and `floor [K]`, with
+//! `S_k = sum_j eigvals_kj u_kj u_kj^T + floor_k (I - sum_j u_kj u_kj^T)`.
 
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use nalgebra::DMatrix;
+use nalgebra::{DMatrix, DVector};
 
 use super::GaussianMixture;
 use crate::{Error, Result};
@@ -18,6 +22,7 @@ impl GaussianMixture {
             reason,
         };
         let mut npz = crate::io::NpzReader::open(path, "")?;
+        let low_rank = npz.contains("eigvecs");
         let mut get = |name: &str| -> Result<Tensor> {
             let r = npz.read(name)?;
             if let Some(n) = r.conversion {
@@ -27,7 +32,6 @@ impl GaussianMixture {
         };
         let w = get("weights")?;
         let m = get("means")?;
-        let c = get("covs")?;
         let k = w.dims().first().copied().unwrap_or(0);
         if w.rank() != 1 {
             return Err(ferr(format!("`weights` must be [K], got {:?}", w.dims())));
@@ -39,13 +43,44 @@ impl GaussianMixture {
             )));
         }
         let d = m.dims()[1];
+        let to64 = |t: &Tensor| -> Result<Vec<f64>> { Ok(t.flatten_all()?.to_vec1()?) };
+        if low_rank {
+            let u = get("eigvecs")?;
+            let l = get("eigvals")?;
+            let f = get("floor")?;
+            let r = u.dims().get(1).copied().unwrap_or(0);
+            if u.dims() != [k, r, d] || r == 0 || r > d {
+                return Err(ferr(format!(
+                    "`eigvecs` must be [K={k}, r, d={d}] with 1 <= r <= d, got {:?}",
+                    u.dims()
+                )));
+            }
+            if l.dims() != [k, r] {
+                return Err(ferr(format!(
+                    "`eigvals` must be [K={k}, r={r}], got {:?}",
+                    l.dims()
+                )));
+            }
+            if f.dims() != [k] {
+                return Err(ferr(format!("`floor` must be [K={k}], got {:?}", f.dims())));
+            }
+            let (uv, lv, fv) = (to64(&u)?, to64(&l)?, to64(&f)?);
+            let means = to64(&m)?.chunks(d).map(|r| r.to_vec()).collect();
+            let eigvecs = uv
+                .chunks(r * d)
+                .map(|b| DMatrix::from_row_slice(r, d, b).transpose())
+                .collect();
+            let eigvals = lv.chunks(r).map(DVector::from_column_slice).collect();
+            return Self::low_rank(to64(&w)?, means, eigvecs, eigvals, fv)
+                .map_err(|e| ferr(e.to_string()));
+        }
+        let c = get("covs")?;
         if c.dims() != [k, d, d] {
             return Err(ferr(format!(
                 "`covs` must be [K={k}, d={d}, d={d}], got {:?}",
                 c.dims()
             )));
         }
-        let to64 = |t: &Tensor| -> Result<Vec<f64>> { Ok(t.flatten_all()?.to_vec1()?) };
         let wv = to64(&w)?;
         let mv = to64(&m)?;
         let cv = to64(&c)?;
@@ -57,12 +92,38 @@ impl GaussianMixture {
         Self::new(wv, means, covs).map_err(|e| ferr(e.to_string()))
     }
 
-    /// Writes the mixture as an `.npz` (`weights`, `means`, `covs`, all f64), atomically.
+    /// Writes the mixture as an `.npz` (`weights`, `means`, `covs`, all f64; a low-rank mixture
+    /// in its compact form, `eigvecs`, `eigvals`, `floor`), atomically.
     pub fn write_npz(&self, path: impl AsRef<Path>) -> Result<()> {
         let k = self.k();
         let d = self.d;
         let w = Tensor::from_vec(self.weights.clone(), k, &Device::Cpu)?;
         let m = self.means_t.to_device(&Device::Cpu)?;
+        if let super::Covs::LowRank { u, lambda, floor } = &self.covs {
+            let r = lambda[0].len();
+            let mut rows = Vec::with_capacity(k * r * d);
+            for ui in u {
+                for j in 0..r {
+                    rows.extend(ui.column(j).iter().copied());
+                }
+            }
+            let ut = Tensor::from_vec(rows, (k, r, d), &Device::Cpu)?;
+            let lv: Vec<f64> = lambda.iter().flat_map(|l| l.iter().copied()).collect();
+            let lt = Tensor::from_vec(lv, (k, r), &Device::Cpu)?;
+            let ft = Tensor::from_vec(floor.clone(), k, &Device::Cpu)?;
+            return crate::io::atomic_write(path.as_ref(), |tmp| {
+                Ok(Tensor::write_npz(
+                    &[
+                        ("weights", &w),
+                        ("means", &m),
+                        ("eigvecs", &ut),
+                        ("eigvals", &lt),
+                        ("floor", &ft),
+                    ],
+                    tmp,
+                )?)
+            });
+        }
         let mut cv = Vec::with_capacity(k * d * d);
         for i in 0..k {
             let c = self.cov(i);
