@@ -98,7 +98,8 @@ def sample(
         y: the measurement, shape ``(m,)``.
         eta: noise standard deviation per measurement, in the units of ``x`` (> 0).
         method: the ``[sampler]`` table's ``kind``: ``annealed`` (Algorithm 1), ``local``, ``cs``,
-            ``ula``, ``mala``, ``dps``, ``daps``, ``ald``, ``exact``, ``prior``, ``smc``.
+            ``ula``, ``mala``, ``dps``, ``daps``, ``ald``, ``exact``, ``prior``, ``smc``,
+            ``smc-gibbs`` (SMC with Gibbs moves; e.g. ``method="smc-gibbs", populations=4``).
         n: number of samples (SMC: a multiple of ``particles``).
         seed: sample ``i`` draws from the random stream ``(seed, i)``, whatever ``batch``: the same
             seed gives the same samples as ``diffpost sample`` with the equivalent TOML.

@@ -447,6 +447,11 @@ pub fn bench(what: BenchKind) -> Result<()> {
     match what {
         BenchKind::Posterior(a) => {
             let o = bench_posterior::Opts {
+                suite: if a.suite == "images" {
+                    bench_posterior::Suite::Images
+                } else {
+                    bench_posterior::Suite::Small
+                },
                 quick: a.quick,
                 n: a.n,
                 budget: a.budget,

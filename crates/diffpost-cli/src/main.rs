@@ -225,6 +225,10 @@ pub struct ModesArgs {
 
 #[derive(Args)]
 pub struct BenchPosteriorArgs {
+    /// "small" (d <= 64, every sampler at its defaults and at --budget) or "images" (the exact
+    /// 28x28 suite: multimodal posteriors under mixtures fitted to MNIST and Fashion-MNIST).
+    #[arg(long, default_value = "small", value_parser = ["small", "images"])]
+    pub suite: String,
     /// Three problems at n = 500, defaults only (a minute or two).
     #[arg(long)]
     pub quick: bool,

@@ -3,7 +3,7 @@
 use nalgebra::{DMatrix, DVector};
 use rand::Rng;
 
-use crate::prior::{ExactSample, GaussianMixture};
+use crate::prior::{Denoiser, ExactSample, GaussianMixture};
 use crate::rng::SampleStreams;
 use crate::{Error, Result};
 
@@ -187,6 +187,48 @@ pub fn digits_instance(
         .map(|v| v / 8.0 - 1.0)
         .collect();
     let op = op.build([1, 8, 8])?;
+    let y = crate::config::simulate(op.as_ref(), &x_true, eta, seed)?;
+    Ok(ImageInstance {
+        prior,
+        op,
+        x_true,
+        y,
+        eta,
+    })
+}
+
+/// `y = A x_true + eta xi` for image `index` of a `[N, H, W]` u8 file (MNIST, Fashion-MNIST; pixels
+/// scaled to [-1, 1] as `x / 127.5 - 1`), measured through an image operator on `[1, H, W]`;
+/// noise from `seed`.
+pub fn image_instance(
+    prior: GaussianMixture,
+    images: &std::path::Path,
+    index: usize,
+    op: &crate::operator::image::ImageOperatorSpec,
+    eta: f64,
+    seed: u64,
+) -> Result<ImageInstance> {
+    let t = crate::io::read_array(images, "images")?;
+    let dims = t.dims().to_vec();
+    if dims.len() != 3 || index >= dims[0] || dims[1] * dims[2] != prior.dim() {
+        return Err(Error::shape(
+            format!("{}: image {index}", images.display()),
+            format!(
+                "[N, H, W] with N > index and H W = {} (the prior's d)",
+                prior.dim()
+            ),
+            &dims,
+        ));
+    }
+    let x_true: Vec<f64> = t
+        .get(index)?
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F64)?
+        .to_vec1::<f64>()?
+        .iter()
+        .map(|v| v / 127.5 - 1.0)
+        .collect();
+    let op = op.build([1, dims[1], dims[2]])?;
     let y = crate::config::simulate(op.as_ref(), &x_true, eta, seed)?;
     Ok(ImageInstance {
         prior,

@@ -27,7 +27,7 @@ impl super::GramSpectrum for Identity {
         Ok((x * f(1.0))?)
     }
     fn eigenvalues(&self) -> Result<Vec<f64>> {
-        Ok(vec![1.0])
+        Ok(vec![1.0; self.d])
     }
 }
 

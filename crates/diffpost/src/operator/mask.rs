@@ -75,11 +75,11 @@ impl super::GramSpectrum for Mask {
         super::diagonal_gram_fn(x, &w, f)
     }
     fn eigenvalues(&self) -> Result<Vec<f64>> {
-        Ok(if self.sel.len() < self.d {
-            vec![0.0, 1.0]
-        } else {
-            vec![1.0]
-        })
+        let mut w = vec![0.0; self.d];
+        for &i in &self.sel {
+            w[i] = 1.0;
+        }
+        Ok(w)
     }
 }
 

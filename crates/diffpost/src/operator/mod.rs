@@ -24,8 +24,8 @@ pub use mask::Mask;
 pub trait GramSpectrum: Send + Sync {
     /// `f(A^T A) x = V diag(f(lambda)) V^T x` for `x: [B, d]`.
     fn gram_fn(&self, x: &Tensor, f: &dyn Fn(f64) -> f64) -> Result<Tensor>;
-    /// The eigenvalues of `A^T A` (with repetition, or the distinct ones); the largest is
-    /// `||A||^2`.
+    /// The `d` eigenvalues of `A^T A`, with multiplicity (the nonzero ones are those of
+    /// `A A^T`, so `log det(eta^2 I_m + rho^2 A A^T)` follows); the largest is `||A||^2`.
     fn eigenvalues(&self) -> Result<Vec<f64>>;
 }
 

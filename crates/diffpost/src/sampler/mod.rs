@@ -20,6 +20,7 @@ pub mod mala;
 pub mod method;
 pub mod settings;
 pub mod smc;
+pub mod smc_gibbs;
 pub mod spec;
 pub mod table;
 pub mod ula;

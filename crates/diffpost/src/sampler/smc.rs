@@ -190,8 +190,12 @@ impl SmcConfig {
 /// What one population did, stage by stage.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct SmcTrace {
-    /// `lambda_1 < ... < lambda_S = 1` (`lambda_0 = 0`).
+    /// `lambda_1 < ... < lambda_S = 1` (`lambda_0 = 0`; likelihood tempering).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lambdas: Vec<f64>,
+    /// `rho_1 > ... > rho_S = 0` (SMC with Gibbs moves; `rho_0 = rho_max`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rhos: Vec<f64>,
     /// ESS after reweighting, before resampling.
     pub ess_before: Vec<f64>,
     /// ESS after resampling (`P` where it resampled).

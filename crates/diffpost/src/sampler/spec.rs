@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::method::Method;
 use super::settings::NoSettings;
 use super::table;
-use super::{ald, annealed, cs, daps, diffusion, dps, local, mala, smc, ula};
+use super::{ald, annealed, cs, daps, diffusion, dps, local, mala, smc, smc_gibbs, ula};
 use crate::{Error, Result};
 
 pub use super::table::{MAX_COUNT, MAX_STEPS};
@@ -105,6 +105,8 @@ methods! {
     Prior("prior", diffusion::DiffusionConfig),
     /// SMC over tempered posteriors (multimodal posteriors; the evidence).
     Smc("smc", smc::SmcConfig),
+    /// SMC with Gibbs moves over the split coupling (multimodal posteriors at image scale).
+    SmcGibbs("smc-gibbs", smc_gibbs::SmcGibbsConfig),
 }
 
 fn unknown_kind(kind: &str) -> Error {

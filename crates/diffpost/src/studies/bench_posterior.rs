@@ -345,9 +345,20 @@ pub fn table_header() -> String {
     )
 }
 
+/// Which problems `diffpost bench posterior` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Suite {
+    /// Small problems (d <= 64): every sampler at its defaults and at an equal budget.
+    #[default]
+    Small,
+    /// The exact 28x28 suite ([`super::bench_images`]): multimodal posteriors at image scale.
+    Images,
+}
+
 /// `diffpost bench posterior`'s options.
 #[derive(Debug, Clone)]
 pub struct Opts {
+    pub suite: Suite,
     /// Three problems, defaults only.
     pub quick: bool,
     /// Samples per sampler (default 1000; 500 with `quick`).
@@ -384,6 +395,9 @@ pub fn study(o: &Opts, log: &mut dyn FnMut(&str)) -> Result<Bench> {
         })?;
     }
     let data = shipped(&o.data);
+    if o.suite == Suite::Images {
+        return images_study(o, &data, log);
+    }
     let problems = problems(&data, o.quick)?;
     let n = o.n.unwrap_or(if o.quick { 500 } else { 1000 });
     let quick = if o.quick { " --quick" } else { "" };
@@ -431,7 +445,59 @@ pub fn study(o: &Opts, log: &mut dyn FnMut(&str)) -> Result<Bench> {
             "rows": rows,
         }),
     )?;
-    plot(&o.out.join("bench.png"), &rows)?;
+    plot(&o.out.join("bench.png"), &rows, "defaults")?;
+    log(&format!(
+        "\n{:.0} s; table, JSON and plot in {}",
+        t0.elapsed().as_secs_f64(),
+        o.out.display()
+    ));
+    Ok(Bench {
+        n,
+        rows,
+        markdown: md,
+    })
+}
+
+/// The image suite: its problems, SMC with Gibbs moves at its defaults and the others at the
+/// budget `o.budget`; the same outputs as the small suite.
+fn images_study(o: &Opts, data: &Path, log: &mut dyn FnMut(&str)) -> Result<Bench> {
+    let t0 = Instant::now();
+    let problems = super::bench_images::problems(data)?;
+    let n = o.n.unwrap_or(1000);
+    log(&format!(
+        "diffpost bench posterior --suite images: {} problems (d = 784), n = {n} samples per sampler, seed 1; exact posteriors in closed form",
+        problems.len()
+    ));
+    for p in &problems {
+        log(&format!("  {:<15} {}", p.name, p.note));
+    }
+    log(&format!("\n{}", table_header()));
+    let mut print = |r: &BenchRow| log(&r.line());
+    let setting = format!("budget {}", o.budget);
+    let rows = run(
+        &problems,
+        &super::bench_images::samplers(o.budget)?,
+        &setting,
+        n,
+        &mut print,
+    )?;
+    let md = format!(
+        "`diffpost bench posterior --suite images --budget {}` (n = {n}, seed 1; smc-gibbs, smc and exact at their defaults, the others at the budget; {:.0} s)\n\n{}",
+        o.budget,
+        t0.elapsed().as_secs_f64(),
+        markdown(&rows)
+    );
+    super::write_text(&o.out, "bench.md", &md)?;
+    super::write_json(
+        &o.out,
+        "bench.json",
+        &json!({
+            "suite": "images", "n": n, "budget": o.budget,
+            "problems": problems.iter().map(|p| json!({"name": p.name, "note": p.note})).collect::<Vec<_>>(),
+            "rows": rows,
+        }),
+    )?;
+    plot(&o.out.join("bench.png"), &rows, &setting)?;
     log(&format!(
         "\n{:.0} s; table, JSON and plot in {}",
         t0.elapsed().as_secs_f64(),
@@ -445,12 +511,12 @@ pub fn study(o: &Opts, log: &mut dyn FnMut(&str)) -> Result<Bench> {
 }
 
 /// Sliced W2 / floor (log scale) per problem, one marker series per sampler, at the defaults.
-fn plot(path: &Path, rows: &[BenchRow]) -> Result<()> {
+fn plot(path: &Path, rows: &[BenchRow], setting: &str) -> Result<()> {
     let labels = super::register_font();
     let err = |e: &dyn std::fmt::Display| plot_err(path, e);
     let rows: Vec<&BenchRow> = rows
         .iter()
-        .filter(|r| r.setting == "defaults" && r.error.is_none())
+        .filter(|r| r.setting == setting && r.error.is_none())
         .collect();
     let mut problems: Vec<&str> = vec![];
     let mut samplers: Vec<&str> = vec![];
@@ -474,7 +540,7 @@ fn plot(path: &Path, rows: &[BenchRow]) -> Result<()> {
             .right_y_label_area_size(if labels { 10 } else { 0 });
         if labels {
             b.caption(
-                "sliced W2 / noise floor at the defaults (1 = exact sampling)",
+                &format!("sliced W2 / noise floor, {setting} (1 = exact sampling)"),
                 ("sans-serif", 18),
             );
         }

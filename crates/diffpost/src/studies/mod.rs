@@ -9,13 +9,15 @@
 //! - [`modes`]: `diffpost modes`, the posterior's modes on the MNIST prior (SMC, Algorithm 2, DPS).
 //! - [`tradeoff`]: `diffpost tradeoff`, Algorithm 2's annealing time against fidelity and realism.
 //! - [`report`]: `diffpost report`, a trained prior on its own (samples, held-out loss).
-//! - [`bench_posterior`]: `diffpost bench posterior`, the exact-posterior suite.
+//! - [`bench_posterior`]: `diffpost bench posterior`, the exact-posterior suite;
+//!   [`bench_images`] its 28x28 problems (`--suite images`).
 //! - [`bench_integrator`]: `diffpost bench integrator`, Euler against the exact-likelihood
 //!   integrator.
 //! - [`bench_score`]: `diffpost bench score`, one exact mixture score evaluation.
 //!
 //! Every sampler is built from its `[sampler]` table ([`spec`]), the file format's stable names.
 
+pub mod bench_images;
 pub mod bench_integrator;
 pub mod bench_posterior;
 pub mod bench_score;

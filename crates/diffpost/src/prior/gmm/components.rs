@@ -186,6 +186,67 @@ impl GaussianMixture {
         Ok(r.unsqueeze(2)?.broadcast_mul(g)?.sum(1)?.neg()?)
     }
 
+    /// Low-rank covariances: `(logits [B, K], proj [B, K, r], smoothed)` with
+    /// `proj_k = U_k^T (x - mu_k)` and `logits_k = log w_k + log N(x; mu_k, S_k + sigma^2 I)`,
+    /// from `|x - mu_k|^2 = |x|^2 - 2 x.mu_k + |mu_k|^2` and the `r` projections: two
+    /// `[B, d] x [d, K r]`-sized products and no `[B, K, d]` tensor.
+    pub(super) fn low_rank_parts(
+        &self,
+        x: &Tensor,
+        sigma: f64,
+    ) -> Result<Option<(Tensor, Tensor, Arc<Smoothed>)>> {
+        let sm = self.smoothed(sigma)?;
+        let Some(lr) = &sm.low_rank else {
+            return Ok(None);
+        };
+        let dims = x.dims();
+        if dims.len() != 2 || dims[1] != self.d {
+            return Err(Error::shape("x", format!("[B, {}]", self.d), dims));
+        }
+        let (b, k) = (dims[0], self.k());
+        let r = lr.coef.dims()[1];
+        let x = x.to_dtype(DType::F64)?;
+        let proj = x
+            .matmul(&lr.ucat)?
+            .reshape((b, k, r))?
+            .broadcast_sub(&lr.utmu.unsqueeze(0)?)?;
+        let xm = x.matmul(&self.means_t.t()?)?; // [B,K]
+        let x2 = x.sqr()?.sum_keepdim(1)?; // [B,1]
+        let mu2 = self.means_t.sqr()?.sum(1)?.unsqueeze(0)?; // [1,K]
+        let delta2 = x2.broadcast_sub(&(xm * 2.0)?)?.broadcast_add(&mu2)?;
+        let q = (delta2.broadcast_mul(&lr.c0.unsqueeze(0)?)?
+            + proj
+                .sqr()?
+                .broadcast_mul(&lr.coef.unsqueeze(0)?)?
+                .sum(D::Minus1)?)?;
+        let logits = sm.log_const.unsqueeze(0)?.broadcast_sub(&(q * 0.5)?)?;
+        Ok(Some((logits, proj, sm.clone())))
+    }
+
+    /// Low-rank covariances: `-sum_k r_k P_k (x - mu_k)` from [`Self::low_rank_parts`]:
+    /// `-(sum_k r_k c0_k) x + sum_k r_k c0_k mu_k - sum_k U_k (r_k coef_k * proj_k)`.
+    pub(super) fn score_low_rank(
+        &self,
+        x: &Tensor,
+        logits: &Tensor,
+        proj: &Tensor,
+        sm: &Smoothed,
+    ) -> Result<Tensor> {
+        let lr = sm.low_rank.as_ref().expect("low-rank smoothed");
+        let (b, k, r) = proj.dims3()?;
+        let lse = logits.log_sum_exp(D::Minus1)?.unsqueeze(1)?;
+        let resp = logits.broadcast_sub(&lse)?.exp()?; // [B,K]
+        let rc0 = resp.broadcast_mul(&lr.c0.unsqueeze(0)?)?; // [B,K]
+        let x = x.to_dtype(DType::F64)?;
+        let a = rc0.sum_keepdim(1)?; // [B,1]
+        let part1 = (rc0.matmul(&self.means_t)? - x.broadcast_mul(&a)?)?;
+        let w = proj
+            .broadcast_mul(&lr.coef.unsqueeze(0)?)?
+            .broadcast_mul(&resp.unsqueeze(2)?)?
+            .reshape((b, k * r))?;
+        Ok((part1 - w.matmul(&lr.ucat.t()?)?)?)
+    }
+
     /// The generic (candle-op) score path: the reference for the fused CPU kernel, and the path
     /// used for autograd and non-CPU devices.
     pub fn score_generic(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {

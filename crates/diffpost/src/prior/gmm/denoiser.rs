@@ -86,6 +86,11 @@ impl Denoiser for GaussianMixture {
     /// `grad log p_sigma(x) = -sum_k r_k(x) (S_k + sigma^2 I)^-1 (x - mu_k)`, `r_k` the
     /// responsibilities under the smoothed components.
     fn score(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+        if let Some((logits, proj, sm)) = self.low_rank_parts(x, sigma)? {
+            return Ok(self
+                .score_low_rank(x, &logits, &proj, &sm)?
+                .to_dtype(x.dtype())?);
+        }
         if self.kind == CovKind::Full && x.dims().len() == 2 && x.dims()[1] == self.d {
             let sm = self.smoothed(sigma)?;
             if let Some(s) = self.score_full_cpu(x, &sm)? {
@@ -149,6 +154,10 @@ impl Denoiser for GaussianMixture {
 
 impl LogDensity for GaussianMixture {
     fn log_density_and_score(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        if let Some((logits, proj, sm)) = self.low_rank_parts(x, 0.0)? {
+            let lse = logits.log_sum_exp(D::Minus1)?;
+            return Ok((lse, self.score_low_rank(x, &logits, &proj, &sm)?));
+        }
         let (logits, g) = self.components(x, 0.0)?;
         let lse = logits.log_sum_exp(D::Minus1)?;
         let s = self.score_from(&logits, &g)?;

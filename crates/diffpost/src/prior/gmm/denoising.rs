@@ -11,7 +11,7 @@ use candle_core::{DType, Tensor};
 use nalgebra::DVectorView;
 use rand::Rng;
 
-use super::{Covs, GaussianMixture};
+use super::{Covs, GaussianMixture, Smoothed};
 use crate::rng::SampleStreams;
 use crate::{Error, Result};
 
@@ -19,6 +19,28 @@ use crate::{Error, Result};
 /// eigenvector of variance `l`.
 fn post_sd(l: f64, r2: f64) -> f64 {
     (r2 * l / (l + r2)).max(0.0).sqrt()
+}
+
+/// One component per row, drawn from the row's stream with probabilities `softmax(logits)`.
+fn pick_components(logits: &[f64], k: usize, streams: &mut SampleStreams) -> Vec<usize> {
+    let b = logits.len() / k;
+    (0..b)
+        .map(|i| {
+            let l = &logits[i * k..(i + 1) * k];
+            let mx = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = l.iter().map(|v| (v - mx).exp()).collect();
+            let total: f64 = e.iter().sum();
+            let u: f64 = streams.stream(i).random::<f64>() * total;
+            let mut acc = 0.0;
+            for (j, ej) in e.iter().enumerate() {
+                acc += ej;
+                if u < acc {
+                    return j;
+                }
+            }
+            k - 1
+        })
+        .collect()
 }
 
 impl GaussianMixture {
@@ -49,27 +71,14 @@ impl GaussianMixture {
         }
         let (b, d, k) = (dims[0], self.d, self.k());
         let r2 = rho * rho;
+        if let Some((logits, proj, sm)) = self.low_rank_parts(z, rho)? {
+            return self.sample_low_rank(z, rho, &logits, &proj, &sm, streams);
+        }
         let (logits, g) = self.components(z, rho)?;
         let logits: Vec<f64> = logits.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
         let g: Vec<f64> = g.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
         let zh: Vec<f64> = z.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
-        let mut comp = vec![0usize; b];
-        for (i, c) in comp.iter_mut().enumerate() {
-            let l = &logits[i * k..(i + 1) * k];
-            let mx = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let e: Vec<f64> = l.iter().map(|v| (v - mx).exp()).collect();
-            let total: f64 = e.iter().sum();
-            let u: f64 = streams.stream(i).random::<f64>() * total;
-            let mut acc = 0.0;
-            *c = k - 1;
-            for (j, ej) in e.iter().enumerate() {
-                acc += ej;
-                if u < acc {
-                    *c = j;
-                    break;
-                }
-            }
-        }
+        let comp = pick_components(&logits, k, streams);
         let xi = streams.normal_vec(d);
         let mut out = vec![0.0; b * d];
         for (i, &c) in comp.iter().enumerate() {
@@ -106,6 +115,48 @@ impl GaussianMixture {
                     }
                 }
             }
+        }
+        Ok(Tensor::from_vec(out, (b, d), z.device())?.to_dtype(z.dtype())?)
+    }
+
+    /// The low-rank path: the component's mean `z - rho^2 (c0 (z - mu) + U (coef * proj))` and
+    /// noise in `O(r d)` per row from the parts of the smoothed components.
+    fn sample_low_rank(
+        &self,
+        z: &Tensor,
+        rho: f64,
+        logits: &Tensor,
+        proj: &Tensor,
+        sm: &Smoothed,
+        streams: &mut SampleStreams,
+    ) -> Result<Tensor> {
+        let Covs::LowRank { u, lambda, floor } = &self.covs else {
+            unreachable!("low-rank parts of a low-rank mixture")
+        };
+        let lr = sm.low_rank.as_ref().expect("low-rank smoothed");
+        let (b, k, r) = proj.dims3()?;
+        let d = self.d;
+        let r2 = rho * rho;
+        let logits: Vec<f64> = logits.flatten_all()?.to_vec1()?;
+        let proj: Vec<f64> = proj.flatten_all()?.to_vec1()?;
+        let coef: Vec<f64> = lr.coef.flatten_all()?.to_vec1()?;
+        let c0: Vec<f64> = lr.c0.to_vec1()?;
+        let zh: Vec<f64> = z.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+        let comp = pick_components(&logits, k, streams);
+        let xi = streams.normal_vec(d);
+        let mut out = vec![0.0; b * d];
+        for (i, &c) in comp.iter().enumerate() {
+            let zr = DVectorView::from_slice(&zh[i * d..(i + 1) * d], d);
+            let xv = DVectorView::from_slice(&xi[i * d..(i + 1) * d], d);
+            let pr = &proj[(i * k + c) * r..(i * k + c + 1) * r];
+            // In the basis of U_c: the mean's correction and the noise's extra scale.
+            let sf = post_sd(floor[c], r2);
+            let px = u[c].tr_mul(&xv);
+            let coefs = nalgebra::DVector::from_fn(r, |j, _| {
+                -r2 * coef[c * r + j] * pr[j] + (post_sd(lambda[c][j], r2) - sf) * px[j]
+            });
+            let x = zr - (zr - &self.means[c]) * (r2 * c0[c]) + xv * sf + &u[c] * coefs;
+            out[i * d..(i + 1) * d].copy_from_slice(x.as_slice());
         }
         Ok(Tensor::from_vec(out, (b, d), z.device())?.to_dtype(z.dtype())?)
     }

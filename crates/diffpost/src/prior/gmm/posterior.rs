@@ -27,14 +27,35 @@ impl GaussianMixture {
         Ok(self.posterior_and_evidence(op, y, eta)?.0)
     }
 
-    /// The exact posterior and the exact evidence `log p(y) = log sum_k w_k N(y; A mu_k, G_k)`
-    /// (nats, all normalising constants included), from the same per-component terms.
-    pub fn posterior_and_evidence(
+    /// The posterior's mixture weights `w'_k ∝ w_k N(y; A mu_k, A S_k A^T + eta^2 I)` and the
+    /// evidence `log p(y)`, without the posterior covariances (cheap at image scale: one
+    /// `m x m` Cholesky factor per component).
+    pub fn posterior_weights(
         &self,
         op: &dyn LinearOperator,
         y: &[f64],
         eta: f64,
-    ) -> Result<(GaussianMixture, f64)> {
+    ) -> Result<(Vec<f64>, f64)> {
+        self.check_measurement(op, y, eta)?;
+        let a = op.to_dense()?;
+        let yv = DVector::from_column_slice(y);
+        let m = op.out_dim();
+        let ln2pi = (2.0 * std::f64::consts::PI).ln();
+        let mut logw = Vec::with_capacity(self.k());
+        for i in 0..self.k() {
+            let g = &a * self.cov(i) * a.transpose() + DMatrix::identity(m, m) * (eta * eta);
+            let chol = nalgebra::Cholesky::new(g).ok_or_else(|| {
+                Error::Numerical("A S A^T + eta^2 I is not positive definite".into())
+            })?;
+            let r = &yv - &a * &self.means[i];
+            let logdet: f64 = 2.0 * chol.l().diagonal().iter().map(|v| v.ln()).sum::<f64>();
+            let quad = r.dot(&chol.solve(&r));
+            logw.push(self.weights[i].ln() - 0.5 * (quad + logdet + m as f64 * ln2pi));
+        }
+        Ok((normalise_log_weights(&logw), log_sum_exp(&logw)))
+    }
+
+    fn check_measurement(&self, op: &dyn LinearOperator, y: &[f64], eta: f64) -> Result<()> {
         if op.in_dim() != self.d {
             return Err(Error::shape(
                 "operator input",
@@ -52,6 +73,18 @@ impl GaussianMixture {
         if !(eta > 0.0) || !eta.is_finite() {
             return Err(Error::param("eta", format!("must be > 0, got {eta}")));
         }
+        Ok(())
+    }
+
+    /// The exact posterior and the exact evidence `log p(y) = log sum_k w_k N(y; A mu_k, G_k)`
+    /// (nats, all normalising constants included), from the same per-component terms.
+    pub fn posterior_and_evidence(
+        &self,
+        op: &dyn LinearOperator,
+        y: &[f64],
+        eta: f64,
+    ) -> Result<(GaussianMixture, f64)> {
+        self.check_measurement(op, y, eta)?;
         let e2 = eta * eta;
         let ln2pi = (2.0 * std::f64::consts::PI).ln();
         let k = self.k();
