@@ -472,6 +472,16 @@ pub fn fit_gmm(a: &FitGmmArgs) -> Result<()> {
         .as_deref()
         .map(|p| read_images(p, None).context("--test"));
     let test = test.transpose()?;
+    if let Some(t) = &test {
+        if t.d != data.d {
+            bail!(
+                "--test: its images have d = {} values, --data's d = {}",
+                t.d,
+                data.d
+            );
+        }
+    }
+    opts.validate_for(data.n, data.d)?;
     println!("data: {} {}", a.data.display(), data.description);
     println!(
         "fitting K = {}, r = {}, {} iterations, ridge = {}, floor_min = {}, seed = {}",

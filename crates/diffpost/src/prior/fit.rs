@@ -133,8 +133,8 @@ impl FitOptions {
         Ok(())
     }
 
-    /// Checks the settings against `n` rows of dimension `d`.
-    fn validate_for(&self, n: usize, d: usize) -> Result<()> {
+    /// Checks the settings against `n` rows of dimension `d` (after [`FitOptions::validate`]).
+    pub fn validate_for(&self, n: usize, d: usize) -> Result<()> {
         self.validate()?;
         if self.rank >= d {
             return Err(Error::param(
