@@ -1354,4 +1354,82 @@ mod tests {
         assert!(e.contains("missing.npy") && e.contains("not found"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// A `FittedMixture` from a file of [`FittedMixture::write_npz`]'s format, checking what the
+    /// format promises: dtypes, shapes, unit orthonormal eigenvector rows, eigenvalues
+    /// descending and `>= floor`, floors `> 0`, weights summing to one.
+    fn read_checked(path: &Path) -> FittedMixture {
+        let mut npz = crate::io::NpzReader::open(path, "").unwrap();
+        let mut get = |name: &str, f32: bool| {
+            let r = npz.read(name).unwrap();
+            assert_eq!(r.conversion.is_some(), f32, "{name}: {:?}", r.conversion);
+            let v: Vec<f64> = r.tensor.flatten_all().unwrap().to_vec1().unwrap();
+            (r.tensor.dims().to_vec(), v)
+        };
+        let (wd, w) = get("weights", false);
+        let (md, m) = get("means", true);
+        let (ud, u) = get("eigvecs", true);
+        let (ld, l) = get("eigvals", true);
+        let (fd, fl) = get("floor", false);
+        let (k, r, d) = (ud[0], ud[1], ud[2]);
+        assert_eq!((wd, md, ld, fd), (vec![k], vec![k, d], vec![k, r], vec![k]));
+        assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        for kk in 0..k {
+            assert!(fl[kk] > 0.0);
+            let row = |a: usize| &u[(kk * r + a) * d..(kk * r + a + 1) * d];
+            for a in 0..r {
+                assert!(l[kk * r + a] >= fl[kk]);
+                assert!(a == 0 || l[kk * r + a] <= l[kk * r + a - 1]);
+                for b in 0..=a {
+                    let dot: f64 = row(a).iter().zip(row(b)).map(|(x, y)| x * y).sum();
+                    let want = f64::from(u8::from(a == b));
+                    assert!((dot - want).abs() < 1e-6, "{kk}: rows {a}, {b}: {dot}");
+                }
+            }
+        }
+        FittedMixture {
+            d,
+            images: 0,
+            weights: w,
+            means: m.chunks(d).map(|c| c.to_vec()).collect(),
+            eigvecs: (0..k)
+                .map(|kk| {
+                    (0..r)
+                        .map(|a| u[(kk * r + a) * d..(kk * r + a + 1) * d].to_vec())
+                        .collect()
+                })
+                .collect(),
+            eigvals: l.chunks(r).map(|c| c.to_vec()).collect(),
+            floors: fl,
+            log_lik_per_iter: vec![],
+        }
+    }
+
+    /// The shipped fits (data/README.md) hold the documented arrays, and the 256 held-out
+    /// images shipped beside them score what data/README.md reports for the whole test set
+    /// (10,000 images), within 4 standard errors of the 256 images' mean (their own spread).
+    #[test]
+    fn shipped_fits_hold_the_documented_arrays() {
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data");
+        for (file, test, reported) in [
+            ("mnist28_gmm.npz", "mnist_test256.npy", 473.7537),
+            ("fashion28_gmm.npz", "fashion_mnist_test256.npy", 429.5484),
+        ] {
+            let f = read_checked(&data.join(file));
+            assert_eq!((f.k(), f.rank(), f.d), (10, 140, 784));
+            let t = read_images(&data.join(test), None).unwrap();
+            let per: Vec<f64> = t
+                .data
+                .chunks(t.d)
+                .map(|x| f.mean_log_likelihood(x, t.d).unwrap())
+                .collect();
+            let n = per.len() as f64;
+            let mean = per.iter().sum::<f64>() / n;
+            let sd = (per.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (n - 1.0)).sqrt();
+            assert!(
+                (mean - reported).abs() < 4.0 * sd / n.sqrt(),
+                "{file}: {mean} on {test} (sd {sd}) vs {reported} reported"
+            );
+        }
+    }
 }
