@@ -23,8 +23,10 @@
 //!   `C_k + ridge I` (every eigenvalue plus `ridge`), with `floor_k >= floor_min`.
 //!
 //! With `ridge = 0` and `floor_min` inactive this is exact EM, so the log-likelihood never
-//! decreases (Dempster, Laird and Rubin 1977); the ridge keeps floors away from 0 where pixels
-//! never vary (image borders), which would otherwise make the prior arbitrarily stiff.
+//! decreases (Dempster, Laird and Rubin 1977). The ridge keeps floors away from 0 where pixels
+//! never vary (image borders), which would otherwise make the prior arbitrarily stiff; with it
+//! the M-step is no longer the exact maximiser, and the log-likelihood may dip slightly near
+//! convergence (MNIST with ridge 1e-2: -0.017 nats at one of 20 iterations).
 //!
 //! Initialisation: seeded k-means++ (Arthur and Vassilvitskii 2007) and [`KMEANS_ITERS`] Lloyd
 //! iterations, then one M-step on the hard assignments. Everything is deterministic for a given
