@@ -18,7 +18,9 @@ use diffpost::studies::{
 use diffpost::training::{self, TrainFile};
 use serde_json::json;
 
-use crate::{BenchKind, DemoArgs, ModesArgs, ProblemKind, ReportArgs, SampleArgs, TradeoffArgs};
+use crate::{
+    BenchKind, DemoArgs, FitGmmArgs, ModesArgs, ProblemKind, ReportArgs, SampleArgs, TradeoffArgs,
+};
 
 /// Takes the output folder (validated, locked, staged) and reports what it cleaned up.
 pub fn stage(out: &Path, replace: Replace) -> Result<Staging> {
@@ -439,6 +441,97 @@ pub fn modes(a: ModesArgs) -> Result<()> {
         hide: a.hide,
     };
     modes::run(&o, &mut say)?;
+    Ok(())
+}
+
+/// `diffpost fit-gmm`: EM for a mixture of probabilistic PCA ([`diffpost::prior::fit`]).
+pub fn fit_gmm(a: &FitGmmArgs) -> Result<()> {
+    use diffpost::prior::fit::{fit_ppca_mixture_with, read_images, FitOptions};
+    let replace = if a.force {
+        Replace::Any
+    } else {
+        Replace::Never {
+            allow_with: "pass --force to replace it",
+        }
+    };
+    diffpost::commit::check_out_file(&a.out, replace)?;
+    let opts = FitOptions {
+        components: a.components,
+        rank: a.rank,
+        iters: a.iters,
+        ridge: a.ridge,
+        floor_min: a.floor_min,
+        seed: a.seed,
+        max_images: a.max_images,
+        tol: a.tol,
+    };
+    opts.validate()?;
+    let data = read_images(&a.data, a.max_images).context("--data")?;
+    let test = a
+        .test
+        .as_deref()
+        .map(|p| read_images(p, None).context("--test"));
+    let test = test.transpose()?;
+    if let Some(t) = &test {
+        if t.d != data.d {
+            bail!(
+                "--test: its images have d = {} values, --data's d = {}",
+                t.d,
+                data.d
+            );
+        }
+    }
+    opts.validate_for(data.n, data.d)?;
+    println!("data: {} {}", a.data.display(), data.description);
+    println!(
+        "fitting K = {}, r = {}, {} iterations, ridge = {}, floor_min = {}, seed = {}",
+        a.components, a.rank, a.iters, a.ridge, a.floor_min, a.seed
+    );
+    let t0 = Instant::now();
+    let mut last = t0;
+    let fit = fit_ppca_mixture_with(&data.data, data.d, &opts, &mut |t, ll| {
+        let what = if t == 0 {
+            "k-means init".into()
+        } else {
+            format!("iteration {t}")
+        };
+        println!(
+            "{what:>14}: log-likelihood {ll:.4} nats/image ({:.1} s)",
+            last.elapsed().as_secs_f64()
+        );
+        last = Instant::now();
+    })?;
+    let wall = t0.elapsed().as_secs_f64();
+    fit.write_npz(&a.out)?;
+    let size = std::fs::metadata(&a.out)
+        .with_context(|| format!("{}", a.out.display()))?
+        .len();
+    if let Some(t) = test {
+        let ll = fit.mean_log_likelihood(&t.data, t.d).context("--test")?;
+        println!(
+            "held-out: log-likelihood {ll:.4} nats/image over {} images of {}",
+            t.n,
+            a.test.as_deref().unwrap_or(Path::new("")).display()
+        );
+    }
+    let floors = fit
+        .floors
+        .iter()
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), &f| {
+            (lo.min(f), hi.max(f))
+        });
+    println!(
+        "floors in [{:.3e}, {:.3e}]; fit took {wall:.1} s on {} images",
+        floors.0, floors.1, fit.images
+    );
+    println!(
+        "wrote {}: {size} bytes ({:.2} MB; K = {}, r = {}, d = {})",
+        a.out.display(),
+        size as f64 / 1e6,
+        fit.k(),
+        fit.rank(),
+        fit.d
+    );
     Ok(())
 }
 

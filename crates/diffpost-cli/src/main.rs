@@ -72,6 +72,10 @@ enum Cmd {
     /// The posterior's modes on the MNIST prior: half of a held-out digit hidden, SMC vs Algorithm 2
     /// vs DPS, samples grouped by the class of their nearest labelled digit (figure + table).
     Modes(ModesArgs),
+    /// Fit a Gaussian mixture with low-rank-plus-floor covariances (a mixture of probabilistic
+    /// PCA, Tipping & Bishop 1999) to images by EM and write it as OUT (.npz: weights [K],
+    /// means [K,d], eigvecs [K,r,d], eigvals [K,r], floor [K]). u8 images are scaled to [-1, 1].
+    FitGmm(FitGmmArgs),
     /// Micro-benchmarks (JSON).
     Bench {
         #[command(subcommand)]
@@ -224,6 +228,47 @@ pub struct ModesArgs {
 }
 
 #[derive(Args)]
+pub struct FitGmmArgs {
+    /// Images .npy [N, H, W] (u8, scaled to [-1, 1] as x/127.5 - 1) or rows [N, d] (float,
+    /// used as they are).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The .npz to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace an existing OUT.
+    #[arg(long)]
+    pub force: bool,
+    /// Mixture components K.
+    #[arg(long, default_value_t = 10)]
+    pub components: usize,
+    /// Eigenpairs kept per component r (the file holds K r d float32 eigenvector entries).
+    #[arg(long, default_value_t = 32)]
+    pub rank: usize,
+    /// EM iterations.
+    #[arg(long, default_value_t = 20)]
+    pub iters: usize,
+    /// Added to every eigenvalue of each component's weighted covariance.
+    #[arg(long, default_value_t = 1e-3)]
+    pub ridge: f64,
+    /// Smallest isotropic floor of a component's covariance.
+    #[arg(long, default_value_t = 1e-4)]
+    pub floor_min: f64,
+    /// Seed of the k-means++ initialisation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Fit on the first N images only (default: all).
+    #[arg(long)]
+    pub max_images: Option<usize>,
+    /// Stop once an iteration improves the log-likelihood by less than TOL relative (0: never).
+    #[arg(long, default_value_t = 0.0)]
+    pub tol: f64,
+    /// Held-out images (same layout as --data): print their mean log-likelihood.
+    #[arg(long)]
+    pub test: Option<PathBuf>,
+}
+
+#[derive(Args)]
 pub struct BenchPosteriorArgs {
     /// "small" (d <= 64, every sampler at its defaults and at --budget) or "images" (the exact
     /// 28x28 suite: multimodal posteriors under mixtures fitted to MNIST and Fashion-MNIST).
@@ -339,6 +384,7 @@ fn main() {
         Cmd::Report(a) => commands::report(a),
         Cmd::Tradeoff(a) => commands::tradeoff(a),
         Cmd::Modes(a) => commands::modes(a),
+        Cmd::FitGmm(a) => commands::fit_gmm(&a),
         Cmd::Bench { what } => commands::bench(what),
     };
     if let Err(e) = res {

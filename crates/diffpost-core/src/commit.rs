@@ -11,6 +11,8 @@
 //!   holds something, only entries the writer itself produces (`Replace::Outputs`), so that a
 //!   folder a user made is never swapped away (`Replace::Any` for `--force`).
 //! - Every write error names the path (disk full included).
+//! - A single file (written with [`crate::io::atomic_write`]) gets the same policy before any
+//!   work from [`check_out_file`].
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -202,6 +204,49 @@ pub fn check_out(out: &Path, replace: Replace) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Checks that the single file `out` (written with [`crate::io::atomic_write`]) may be written
+/// under `replace`, before any work is done: `out` is not a folder, its parent is not a file,
+/// and an existing `out` is replaced only under `Replace::Any`, or under `Replace::Outputs` when
+/// its name is one of them (`Replace::Never` names the flag that allows it).
+pub fn check_out_file(out: &Path, replace: Replace) -> Result<()> {
+    let name = out
+        .file_name()
+        .map(|s| s.to_string_lossy().to_string())
+        .ok_or_else(|| ferr(out, "an output file needs a name (not `.`, `..` or `/`)"))?;
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Ok(m) = std::fs::metadata(parent) {
+            if !m.is_dir() {
+                return Err(ferr(parent, "is not a folder; choose another output file"));
+            }
+        }
+    }
+    match std::fs::symlink_metadata(out) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ferr(out, format!("cannot inspect the output file: {e}"))),
+        Ok(m) if m.is_dir() => Err(ferr(
+            out,
+            "is a folder; the output is a file: choose a file name",
+        )),
+        Ok(_) => match replace {
+            Replace::Any => Ok(()),
+            Replace::Never { allow_with } => {
+                Err(ferr(out, format!("already exists; {allow_with}")))
+            }
+            Replace::Outputs { names, suffixes } => {
+                let ok = names.iter().any(|n| match n.strip_suffix('*') {
+                    Some(prefix) => name.starts_with(prefix),
+                    None => name == *n,
+                }) || suffixes.iter().any(|s| name.ends_with(s));
+                if ok {
+                    Ok(())
+                } else {
+                    Err(ferr(out, "already exists and diffpost did not write it"))
+                }
+            }
+        },
     }
 }
 
@@ -487,5 +532,26 @@ mod tests {
         assert_eq!(s.notes().len(), 2, "{:?}", s.notes());
         s.commit().unwrap();
         assert!(out.is_dir());
+    }
+
+    #[test]
+    fn check_out_file_refuses_an_existing_file_unless_allowed() {
+        let d = tmpdir("file");
+        let out = d.join("m.npz");
+        let never = Replace::Never {
+            allow_with: "pass --force to replace it",
+        };
+        check_out_file(&out, never).unwrap();
+        std::fs::write(&out, b"x").unwrap();
+        let e = check_out_file(&out, never).unwrap_err().to_string();
+        assert!(e.contains("m.npz") && e.contains("--force"), "{e}");
+        check_out_file(&out, Replace::Any).unwrap();
+        let e = check_out_file(&d, Replace::Any).unwrap_err().to_string();
+        assert!(e.contains("is a folder"), "{e}");
+        let e = check_out_file(&out.join("x.npz"), Replace::Any)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not a folder"), "{e}");
+        assert_eq!(std::fs::read(&out).unwrap(), b"x");
     }
 }

@@ -4,6 +4,7 @@
 //! and Tweedie's formula `grad log p_sigma(x) = (D(x, sigma) - x) / sigma^2`. Analytic priors allow
 //! `sigma = 0` (the unsmoothed score); networks are valid only on their trained range.
 
+pub mod fit;
 pub mod gmm;
 pub mod network;
 pub mod perturb;
