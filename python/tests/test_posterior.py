@@ -51,6 +51,19 @@ def test_smc_gets_the_posterior_mode_weights() -> None:
     assert floor_ok(ev["mode_tv"], 3.0), ev["mode_tv"]
 
 
+def test_smc_gibbs_gets_the_posterior_mode_weights() -> None:
+    q = mixture()
+    r = diffpost.sample(q.prior, q.op, q.y, q.eta, method="smc-gibbs", n=N, seed=1)
+    # Four populations of N particles pooled: 4N weighted particles, weights summing to one.
+    assert r.weights is not None and r.weights.shape == (4 * N,)
+    assert abs(r.weights.sum() - 1.0) < 1e-9
+    ev = diffpost.evaluate(r, q.prior, q.op, q.y, q.eta)
+    print("smc-gibbs", ev["mode_tv"], ev["sw2"]["value"] / ev["sw2"]["floor_mean"], ev["log_evidence"])
+    assert at_floor(ev), ev
+    assert floor_ok(ev["mode_tv"], 3.0), ev["mode_tv"]
+    assert abs(ev["log_evidence"]["error"]) < 0.5, ev["log_evidence"]
+
+
 def test_a_local_sampler_keeps_the_prior_mode_weights() -> None:
     # Companion: Algorithm 1 cannot reweight separated modes (README, "Limit").
     q = mixture()

@@ -279,7 +279,9 @@ pub struct WarmStartRun {
     pub wall_s: f64,
 }
 
-/// Weighted particles: `particles [B, d]`, `weights [B]` normalised within each population.
+/// Weighted particles: `particles [B, d]`, `weights [B]` normalised within each population (SMC
+/// with Gibbs moves: `[B p, d]` and `[B p]`, the `p` pooled populations of each pool, normalised
+/// within the pool).
 #[derive(Debug, Clone)]
 pub struct Weighted {
     pub particles: Tensor,
