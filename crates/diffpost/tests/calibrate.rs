@@ -269,7 +269,7 @@ fn bad_inputs_name_the_field() {
         }),
         ..opts(10, 5, 1.0)
     });
-    assert!(s.contains("11 shards for 10 populations"), "{s}");
+    assert!(s.contains("11 shards for 10 replicates"), "{s}");
     assert!(e(opts(10, 5, 0.0)).contains("`sampler_eta_scale`"));
     assert!(e(opts(10, 5, f64::NAN)).contains("`sampler_eta_scale`"));
     let s = e(CalibrateOptions {

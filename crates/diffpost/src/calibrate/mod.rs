@@ -166,7 +166,15 @@ impl CalibrateOptions {
         self.prior_draws.validate("prior_draws.steps")?;
         if let Some(s) = self.shard {
             Shard::new(s.index, s.count)?;
-            s.range(self.replicates)?;
+            if s.count > self.replicates {
+                return Err(Error::param(
+                    "shard",
+                    format!(
+                        "{} shards for {} replicates: every shard needs at least one",
+                        s.count, self.replicates
+                    ),
+                ));
+            }
         }
         Ok(())
     }
