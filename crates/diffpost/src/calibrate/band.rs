@@ -47,6 +47,9 @@ pub struct Band {
     /// Lower and upper edges of the band for the ECDF difference `F(t) - z` at each threshold.
     pub lower: Vec<f64>,
     pub upper: Vec<f64>,
+    /// The same edges at the family-wise level (`family_adjusted_level`: a wider band).
+    pub family_lower: Vec<f64>,
+    pub family_upper: Vec<f64>,
 }
 
 /// Evaluation thresholds for ranks on `0..=samples`: every `t` in `1..=samples` when there are at
@@ -183,22 +186,27 @@ pub fn band(
     let family = family.max(1);
     let family_gamma = quantile(alpha / family as f64);
     let rf = replicates as f64;
-    let (mut lower, mut upper) = (Vec::new(), Vec::new());
-    let mut z = Vec::new();
-    for (j, &tj) in t.iter().enumerate() {
-        let zj = tj as f64 / (samples + 1) as f64;
-        // Inside: P(X <= c) >= gamma/2 and P(X >= c) >= gamma/2.
-        let lo = (0..=replicates)
-            .find(|&c| 2.0 * tails.below[j][c] >= gamma)
-            .unwrap_or(0);
-        let hi = (0..=replicates)
-            .rev()
-            .find(|&c| 2.0 * tails.above[j][c] >= gamma)
-            .unwrap_or(replicates);
-        z.push(zj);
-        lower.push(lo as f64 / rf - zj);
-        upper.push(hi as f64 / rf - zj);
-    }
+    let z: Vec<f64> = t
+        .iter()
+        .map(|&tj| tj as f64 / (samples + 1) as f64)
+        .collect();
+    // Inside at pointwise level `g`: P(X <= c) >= g/2 and P(X >= c) >= g/2.
+    let edges = |g: f64| -> (Vec<f64>, Vec<f64>) {
+        (0..t.len())
+            .map(|j| {
+                let lo = (0..=replicates)
+                    .find(|&c| 2.0 * tails.below[j][c] >= g)
+                    .unwrap_or(0);
+                let hi = (0..=replicates)
+                    .rev()
+                    .find(|&c| 2.0 * tails.above[j][c] >= g)
+                    .unwrap_or(replicates);
+                (lo as f64 / rf - z[j], hi as f64 / rf - z[j])
+            })
+            .unzip()
+    };
+    let (lower, upper) = edges(gamma);
+    let (family_lower, family_upper) = edges(family_gamma);
     Ok(Band {
         level,
         adjusted_level: gamma,
@@ -209,6 +217,8 @@ pub fn band(
         z,
         lower,
         upper,
+        family_lower,
+        family_upper,
     })
 }
 
@@ -302,6 +312,13 @@ mod tests {
         assert_eq!(band(r, l, 0.95, 1, 2000).unwrap(), b);
         for j in 0..b.z.len() {
             assert!(b.lower[j] < 0.0 && b.upper[j] > 0.0);
+        }
+        // The family-wise band over 10 statistics is the wider one.
+        let f = band(r, l, 0.95, 10, 2000).unwrap();
+        assert_eq!(f.adjusted_level, b.adjusted_level);
+        assert!(f.family_adjusted_level < f.adjusted_level);
+        for j in 0..f.z.len() {
+            assert!(f.family_lower[j] <= f.lower[j] && f.family_upper[j] >= f.upper[j]);
         }
     }
 

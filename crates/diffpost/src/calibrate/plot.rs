@@ -1,7 +1,7 @@
 //! `calibration.png`: per statistic, its rank histogram (bars; the uniform expectation as a line)
-//! above its ECDF difference `F(z) - z` with the simultaneous 95% band (grey). A statistic that
-//! leaves the family-wise band (the verdict) is drawn in red, one that leaves only its own 95%
-//! band in orange.
+//! above its ECDF difference `F(z) - z` with the simultaneous 95% band (darker grey) and the
+//! family-wise band of the verdict (lighter, wider). A statistic that leaves the family-wise band
+//! is drawn in red, one that leaves only its own 95% band in orange.
 
 use std::path::Path;
 
@@ -29,7 +29,7 @@ pub(super) fn plot(path: &Path, res: &CalibrationResult) -> Result<()> {
         let verdict = if s.passed {
             "every statistic inside the band".to_string()
         } else {
-            format!("outside the band: {}", s.failed.join(", "))
+            format!("outside the family-wise band: {}", s.failed.join(", "))
         };
         top.titled(
             &format!(
@@ -105,9 +105,9 @@ pub(super) fn plot(path: &Path, res: &CalibrationResult) -> Result<()> {
 
         let band = &s.band;
         let lim = band
-            .lower
+            .family_lower
             .iter()
-            .chain(&band.upper)
+            .chain(&band.family_upper)
             .chain(&st.ecdf_diff)
             .fold(0.02f64, |a, v| a.max(v.abs()))
             * 1.1;
@@ -124,15 +124,22 @@ pub(super) fn plot(path: &Path, res: &CalibrationResult) -> Result<()> {
             mesh.disable_x_axis().disable_y_axis();
         }
         mesh.draw().map_err(|e| err(&e))?;
-        let mut poly: Vec<(f64, f64)> = vec![(0.0, 0.0)];
-        poly.extend(band.z.iter().zip(&band.upper).map(|(&z, &u)| (z, u)));
-        poly.push((1.0, 0.0));
-        poly.extend(band.z.iter().zip(&band.lower).rev().map(|(&z, &v)| (z, v)));
+        let polygon = |lo: &[f64], hi: &[f64]| {
+            let mut poly: Vec<(f64, f64)> = vec![(0.0, 0.0)];
+            poly.extend(band.z.iter().zip(hi).map(|(&z, &u)| (z, u)));
+            poly.push((1.0, 0.0));
+            poly.extend(band.z.iter().zip(lo).rev().map(|(&z, &v)| (z, v)));
+            poly
+        };
+        // The family-wise band (the verdict) light, each statistic's own 95% band darker.
         chart
-            .draw_series(std::iter::once(Polygon::new(
-                poly,
-                BLACK.mix(0.15).filled(),
-            )))
+            .draw_series([
+                Polygon::new(
+                    polygon(&band.family_lower, &band.family_upper),
+                    BLACK.mix(0.08).filled(),
+                ),
+                Polygon::new(polygon(&band.lower, &band.upper), BLACK.mix(0.15).filled()),
+            ])
             .map_err(|e| err(&e))?;
         chart
             .draw_series(LineSeries::new(
