@@ -15,7 +15,7 @@ this package converts arrays and settings and forwards them.
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -38,6 +38,8 @@ from ._diffpost import (
     SuperRes,
     exact_posterior,
     load_prior,
+    merge_calibrations,
+    plot_calibration,
 )
 from ._progress import ProgressBar
 
@@ -57,9 +59,12 @@ __all__ = [
     "Prior",
     "Result",
     "SuperRes",
+    "calibrate",
     "evaluate",
     "exact_posterior",
     "load_prior",
+    "merge_calibrations",
+    "plot_calibration",
     "sample",
 ]
 
@@ -187,3 +192,107 @@ def evaluate(
         samples = samples.samples
     n_ref = _count("n_ref", n_ref, 2)
     return _diffpost.evaluate(samples, prior, operator, y, float(eta), n_ref, log_evidence)
+
+
+def calibrate(
+    prior: Prior,
+    operator: Operator,
+    eta: float,
+    method: str = "annealed",
+    replicates: int = 100,
+    samples: int = 31,
+    seed: int = 0,
+    *,
+    shard: Union[str, Tuple[int, int], None] = None,
+    projections: int = 8,
+    pixels: int = 4,
+    misfit: bool = True,
+    hidden_mean: bool = True,
+    sampler_eta_scale: float = 1.0,
+    prior_draws: Optional[Dict[str, Any]] = None,
+    bins: Optional[int] = None,
+    band_draws: int = 5000,
+    batch: Optional[int] = None,
+    progress: Optional[bool] = None,
+    **settings: Any,
+) -> Dict[str, Any]:
+    """Simulation-based calibration of the sampler ``method`` (what ``diffpost calibrate`` runs).
+
+    For each of ``replicates`` replicates ``r``: ``x*`` from the prior (exact draws for a
+    :class:`GaussianMixture`, else the prior's own reverse diffusion, ``prior_draws``),
+    ``y = A x* + eta xi``, ``samples`` posterior samples with ``method`` (given
+    ``eta * sampler_eta_scale``), and the rank of ``f(x*)`` among the samples' ``f`` for each
+    statistic ``f``: ``projections`` fixed random unit projections, the misfit ``|y - A x|^2``,
+    ``pixels`` coordinates (among the hidden ones for a :class:`Mask`/:class:`Inpaint`/:class:`Box`)
+    and the hidden-part mean. Replicate ``r`` depends only on ``(seed, r)``.
+
+    Args:
+        shard: ``"K/N"`` or ``(K, N)``: only the K-th (0-based) of N blocks of replicates; put
+            the parts back together with :func:`merge_calibrations`.
+        sampler_eta_scale: diagnostic knob: the sampler assumes ``eta * sampler_eta_scale``
+            while the data have ``eta`` (any value but 1 makes even an exact sampler wrong).
+        prior_draws: the ``prior`` sampler's settings for ``x*`` of priors without exact draws
+            (``steps``, ``init_method``, ...).
+        **settings: the ``[sampler]`` table's settings, as for :func:`sample`.
+
+    Returns:
+        The dict ``calibration.json`` holds: ``replicates`` (per replicate ``ranks``, ``truth``,
+        ``posterior_mean``, ``posterior_sd``), ``statistics`` (names), ``summary`` (``passed``,
+        ``failed``, ``band``, and per statistic ``histogram``, ``ecdf_diff``, ``leaves_band``,
+        ``min_pointwise_p``, ``coverage``, ``contraction``), ``fingerprint``, ``options``.
+    """
+    if not isinstance(prior, Prior):
+        raise TypeError(f"prior: expected a diffpost prior, got {type(prior).__name__}")
+    if not isinstance(operator, Operator):
+        raise TypeError(
+            f"operator: expected a diffpost operator (Matrix, Mask, ...), got {type(operator).__name__}"
+        )
+    if not isinstance(method, str):
+        raise TypeError(f"method: expected a str, got {type(method).__name__}")
+    if isinstance(shard, str):
+        parts = shard.split("/")
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"shard: expected 'K/N' (e.g. '0/4'), got {shard!r}")
+        shard = (int(parts[0]), int(parts[1]))
+    if shard is not None:
+        k, n = (_count("shard[0]", shard[0], 0), _count("shard[1]", shard[1], 1))
+        if k >= n:
+            raise ValueError(f"shard: expected K/N with 0 <= K < N, got {k}/{n}")
+        shard = {"index": k, "count": n}
+    options: Dict[str, Any] = {
+        "replicates": _count("replicates", replicates, 1),
+        "samples": _count("samples", samples, 1),
+        "seed": _count("seed", seed, 0),
+        "statistics": {
+            "projections": _count("projections", projections, 0),
+            "pixels": _count("pixels", pixels, 0),
+            "misfit": bool(misfit),
+            "hidden_mean": bool(hidden_mean),
+        },
+        "sampler_eta_scale": float(sampler_eta_scale),
+        "band_draws": _count("band_draws", band_draws, 100),
+    }
+    if prior_draws is not None:
+        options["prior_draws"] = dict(prior_draws)
+    if bins is not None:
+        options["bins"] = _count("bins", bins, 1)
+    if batch is not None:
+        options["batch"] = _count("batch", batch, 1)
+    if shard is not None:
+        options["shard"] = shard
+    if progress is None:
+        progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
+    bar = ProgressBar(f"calibrate {method}") if progress else None
+    try:
+        return _diffpost.calibrate(
+            prior,
+            operator,
+            float(eta),
+            method,
+            options,
+            settings,
+            bar.update if bar is not None else None,
+        )
+    finally:
+        if bar is not None:
+            bar.close()

@@ -151,3 +151,16 @@ def evaluate(
     n_ref: int = 20000,
     log_evidence: Optional[float] = None,
 ) -> Dict[str, Any]: ...
+def calibrate(
+    prior: Prior,
+    operator: Operator,
+    eta: float,
+    method: str,
+    options: Dict[str, Any],
+    settings: Dict[str, Any],
+    progress: Optional[Callable[[int, int], Any]],
+) -> Dict[str, Any]: ...
+def merge_calibrations(results: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """The parts (shards) of one calibration put back together, the summary over all replicates."""
+def plot_calibration(result: Dict[str, Any], path: Union[str, PathLike[str]]) -> None:
+    """Draws the calibration figure (rank histograms, ECDF differences with the band) to path."""

@@ -16,10 +16,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
+use diffpost::calibrate::{CalibrateOptions, CalibrationResult, Model};
 use diffpost::operator::LinearOperator;
 use diffpost::prior::{Denoiser, GaussianMixture};
 use diffpost::run::summary::{fingerprint, RunInputs, RunSummary};
-use diffpost::run::{ProblemParts, Progress, RunContext, RunOutput, RunPlan};
+use diffpost::run::{ProblemParts, Progress, RunContext, RunPlan};
 use diffpost::sampler::spec::SamplerSpec;
 use diffpost::sampler::table::deprecated_keys;
 use numpy::{PyReadonlyArrayDyn, PyUntypedArrayMethods};
@@ -114,8 +115,83 @@ impl Progress for Counters {
     }
 }
 
-/// What the worker thread hands back.
-type Outcome = diffpost::Result<(RunOutput, f64, f64)>;
+/// Runs `work` on its own thread with the GIL released; this (main) thread wakes every 100 ms
+/// to check for Ctrl-C (Python handles signals only here; it sets the run's cancel flag) and to
+/// report `counters` to `progress`. A callable's exception, Ctrl-C and a failing progress callback
+/// come back as the Python error; otherwise `work`'s result.
+fn run_worker<T: Send>(
+    py: Python<'_>,
+    state: &Arc<RunState>,
+    counters: &Counters,
+    progress: Option<&Bound<'_, PyAny>>,
+    work: impl FnOnce() -> diffpost::Result<T> + Send,
+) -> PyResult<diffpost::Result<T>> {
+    let slot: (Mutex<Option<diffpost::Result<T>>>, Condvar) = (Mutex::new(None), Condvar::new());
+    let cancel = state.cancel.clone();
+    let mut interrupt: Option<PyErr> = None;
+    let mut callback_err: Option<PyErr> = None;
+    let joined = std::thread::scope(|s| {
+        let worker = s.spawn(|| {
+            let outcome = work();
+            let (lock, cv) = &slot;
+            *lock.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+            cv.notify_all();
+        });
+        let mut last_done = u64::MAX;
+        loop {
+            let finished = py.allow_threads(|| {
+                let (lock, cv) = &slot;
+                let g = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let (g, _) = cv
+                    .wait_timeout_while(g, Duration::from_millis(100), |v| v.is_none())
+                    .unwrap_or_else(|e| e.into_inner());
+                g.is_some()
+            });
+            if finished || worker.is_finished() {
+                break;
+            }
+            if interrupt.is_none() {
+                if let Err(e) = py.check_signals() {
+                    cancel.store(true, Ordering::SeqCst);
+                    interrupt = Some(e);
+                }
+            }
+            if let (Some(cb), None) = (progress, &callback_err) {
+                let done = counters.done.load(Ordering::Relaxed);
+                let total = counters.total.load(Ordering::Relaxed);
+                if done != last_done && total > 0 {
+                    last_done = done;
+                    if let Err(e) = cb.call1((done, total)) {
+                        // A failing progress callback stops the run like a failing denoiser.
+                        cancel.store(true, Ordering::SeqCst);
+                        callback_err = Some(e);
+                    }
+                }
+            }
+        }
+        worker.join()
+    });
+    if joined.is_err() {
+        return Err(PyRuntimeError::new_err(
+            "internal error: the sampling thread panicked (please report this)",
+        ));
+    }
+    if let Some(e) = state.take_error() {
+        return Err(e);
+    }
+    if let Some(e) = interrupt {
+        return Err(e);
+    }
+    if let Some(e) = callback_err {
+        return Err(e);
+    }
+    let outcome = slot
+        .0
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .ok_or_else(|| PyRuntimeError::new_err("internal error: the run left no result"))?;
+    Ok(outcome)
+}
 
 /// The result of [`sample`].
 #[pyclass(frozen, module = "diffpost._diffpost", name = "Result")]
@@ -239,83 +315,18 @@ fn sample(
         eta,
     };
     let counters = Counters::default();
-    let slot: (Mutex<Option<Outcome>>, Condvar) = (Mutex::new(None), Condvar::new());
     let cancel = state.cancel.clone();
-    let mut interrupt: Option<PyErr> = None;
-    let mut callback_err: Option<PyErr> = None;
-
-    // The run works on its own thread with the GIL released; this (main) thread wakes every
-    // 100 ms to check for Ctrl-C (Python handles signals only here) and to report progress.
-    let joined = std::thread::scope(|s| {
-        let worker = s.spawn(|| {
-            let outcome: Outcome = (|| {
-                let t = Instant::now();
-                let mut ctx = RunContext::new(parts, &spec)?.with_cancel(cancel.clone());
-                if let Some(w) = warm.clone() {
-                    ctx = ctx.with_warm_start(w)?;
-                }
-                let build_s = t.elapsed().as_secs_f64();
-                let t0 = Instant::now();
-                let out = ctx.run(&plan, &counters)?;
-                Ok((out, build_s, t0.elapsed().as_secs_f64()))
-            })();
-            let (lock, cv) = &slot;
-            *lock.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
-            cv.notify_all();
-        });
-        let mut last_done = u64::MAX;
-        loop {
-            let finished = py.allow_threads(|| {
-                let (lock, cv) = &slot;
-                let g = lock.lock().unwrap_or_else(|e| e.into_inner());
-                let (g, _) = cv
-                    .wait_timeout_while(g, Duration::from_millis(100), |v| v.is_none())
-                    .unwrap_or_else(|e| e.into_inner());
-                g.is_some()
-            });
-            if finished || worker.is_finished() {
-                break;
-            }
-            if interrupt.is_none() {
-                if let Err(e) = py.check_signals() {
-                    cancel.store(true, Ordering::SeqCst);
-                    interrupt = Some(e);
-                }
-            }
-            if let (Some(cb), None) = (&progress, &callback_err) {
-                let done = counters.done.load(Ordering::Relaxed);
-                let total = counters.total.load(Ordering::Relaxed);
-                if done != last_done && total > 0 {
-                    last_done = done;
-                    if let Err(e) = cb.call1((done, total)) {
-                        // A failing progress callback stops the run like a failing denoiser.
-                        cancel.store(true, Ordering::SeqCst);
-                        callback_err = Some(e);
-                    }
-                }
-            }
+    let outcome = run_worker(py, &state, &counters, progress.as_ref(), || {
+        let t = Instant::now();
+        let mut ctx = RunContext::new(parts, &spec)?.with_cancel(cancel.clone());
+        if let Some(w) = warm.clone() {
+            ctx = ctx.with_warm_start(w)?;
         }
-        worker.join()
-    });
-    if joined.is_err() {
-        return Err(PyRuntimeError::new_err(
-            "internal error: the sampling thread panicked (please report this)",
-        ));
-    }
-    if let Some(e) = state.take_error() {
-        return Err(e);
-    }
-    if let Some(e) = interrupt {
-        return Err(e);
-    }
-    if let Some(e) = callback_err {
-        return Err(e);
-    }
-    let outcome = slot
-        .0
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner())
-        .ok_or_else(|| PyRuntimeError::new_err("internal error: the run left no result"))?;
+        let build_s = t.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        let out = ctx.run(&plan, &counters)?;
+        Ok((out, build_s, t0.elapsed().as_secs_f64()))
+    })?;
     let (out, build_s, wall) = outcome.py_err()?;
     if let Some(cb) = &progress {
         let total = counters.total.load(Ordering::Relaxed);
@@ -453,6 +464,115 @@ fn evaluate<'py>(
     from_json(py, &j)
 }
 
+/// The `[sampler]` spec of `method` with `settings` (a Python dict), as `sample` parses it.
+fn sampler_spec(method: &str, settings: &Bound<'_, PyDict>) -> PyResult<SamplerSpec> {
+    let mut map = dict_to_map(settings)?;
+    if map.contains_key("kind") {
+        return Err(PyValueError::new_err(
+            "kind: give the sampler as method=... (the [sampler] table's kind)",
+        ));
+    }
+    map.insert("kind".into(), serde_json::Value::String(method.into()));
+    SamplerSpec::from_map(map).py_err()
+}
+
+/// Simulation-based calibration; see `diffpost.calibrate`.
+#[pyfunction]
+#[pyo3(signature = (prior, operator, eta, method, options, settings, progress))]
+#[allow(clippy::too_many_arguments)]
+fn calibrate<'py>(
+    py: Python<'py>,
+    prior: &Bound<'py, PyPrior>,
+    operator: &Bound<'py, PyOperator>,
+    eta: f64,
+    method: String,
+    options: &Bound<'py, PyDict>,
+    settings: &Bound<'py, PyDict>,
+    progress: Option<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let spec = sampler_spec(&method, settings)?;
+    let opts: CalibrateOptions = serde_json::from_str(&json_text(options.as_any(), "options")?)
+        .map_err(|e| PyValueError::new_err(format!("calibrate options: {e}")))?;
+    opts.validate().py_err()?;
+    diffpost::calibrate::check_sampler(&spec).py_err()?;
+    if !(eta > 0.0) || !eta.is_finite() {
+        return Err(PyValueError::new_err(format!(
+            "eta: the noise standard deviation must be finite and > 0 (units of x), got {eta}"
+        )));
+    }
+    let p = prior.get();
+    let op_handle = operator.get();
+    let op = op_handle.op.clone();
+    check_dims(p, op.as_ref())?;
+    let state = Arc::new(RunState::default());
+    let den = p.denoiser(&state);
+    let model = Model {
+        prior: den.as_ref(),
+        op: op.as_ref(),
+        eta,
+        description: serde_json::json!({
+            "prior": p.description,
+            "operator": op_handle.description,
+        }),
+        cancel: Some(state.cancel.clone()),
+    };
+    let counters = Counters::default();
+    let res = run_worker(py, &state, &counters, progress.as_ref(), || {
+        diffpost::calibrate::calibrate(&model, &spec, &opts, &counters)
+    })?
+    .py_err()?;
+    if let Some(cb) = &progress {
+        let total = counters.total.load(Ordering::Relaxed);
+        cb.call1((total, total))?;
+    }
+    let j = serde_json::to_value(&res).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    from_json(py, &j)
+}
+
+/// A Python value (dicts, lists, numbers, strings) as JSON text, through the `json` module.
+fn json_text(v: &Bound<'_, PyAny>, name: &str) -> PyResult<String> {
+    let json = v.py().import("json")?;
+    json.call_method1("dumps", (v,))
+        .and_then(|t| t.extract())
+        .map_err(|e| PyTypeError::new_err(format!("{name}: not JSON-like data: {e}")))
+}
+
+/// A calibration result (a dict as `calibrate` returns it) back as the library's type; `name`
+/// names it in errors.
+fn calibration_from(v: &Bound<'_, PyAny>, name: &str) -> PyResult<CalibrationResult> {
+    serde_json::from_str(&json_text(v, name)?).map_err(|e| {
+        PyValueError::new_err(format!(
+            "{name}: not a calibration result (a dict as diffpost.calibrate returns it): {e}"
+        ))
+    })
+}
+
+/// The parts of one calibration put back together; see `diffpost.merge_calibrations`.
+#[pyfunction]
+fn merge_calibrations<'py>(
+    py: Python<'py>,
+    results: Vec<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let parts = results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let name = format!("results[{i}]");
+            Ok((calibration_from(r, &name)?, name))
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let res = diffpost::calibrate::merge(parts).py_err()?;
+    let j = serde_json::to_value(&res).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    from_json(py, &j)
+}
+
+/// Draws a calibration's figure (`calibration.png` of the CLI) to `path`.
+#[pyfunction]
+fn plot_calibration(result: &Bound<'_, PyAny>, path: std::path::PathBuf) -> PyResult<()> {
+    let res = calibration_from(result, "result")?;
+    diffpost::calibrate::write_plot(&path, &res).py_err()
+}
+
 #[pymodule]
 fn _diffpost(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyPrior>()?;
@@ -470,6 +590,9 @@ fn _diffpost(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyRunResult>()?;
     m.add_function(wrap_pyfunction!(sample, m)?)?;
     m.add_function(wrap_pyfunction!(evaluate, m)?)?;
+    m.add_function(wrap_pyfunction!(calibrate, m)?)?;
+    m.add_function(wrap_pyfunction!(merge_calibrations, m)?)?;
+    m.add_function(wrap_pyfunction!(plot_calibration, m)?)?;
     m.add_function(wrap_pyfunction!(prior::load_prior, m)?)?;
     m.add_function(wrap_pyfunction!(prior::exact_posterior, m)?)?;
     m.add("DivergedError", m.py().get_type::<convert::DivergedError>())?;

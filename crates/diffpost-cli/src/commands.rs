@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
+use diffpost::calibrate::{self, CalibrateOptions, StatisticsOptions};
 use diffpost::commit::{Replace, Staging};
 use diffpost::config::ProblemConfig;
 use diffpost::nn::model_folder;
@@ -19,7 +20,8 @@ use diffpost::training::{self, TrainFile};
 use serde_json::json;
 
 use crate::{
-    BenchKind, DemoArgs, FitGmmArgs, ModesArgs, ProblemKind, ReportArgs, SampleArgs, TradeoffArgs,
+    BenchKind, CalibrateArgs, CalibrateMerge, DemoArgs, FitGmmArgs, ModesArgs, ProblemKind,
+    ReportArgs, SampleArgs, TradeoffArgs,
 };
 
 /// Takes the output folder (validated, locked, staged) and reports what it cleaned up.
@@ -149,6 +151,15 @@ pub fn sample(a: &SampleArgs) -> Result<()> {
 
 /// `diffpost merge`: checks that `dirs` are the shards of one run and writes the whole run.
 pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<()> {
+    for d in dirs {
+        if d.join("calibration.json").exists() && !d.join("summary.json").exists() {
+            bail!(
+                "{}: holds a calibration (calibration.json), not a run: merge calibration shards \
+                 with `diffpost calibrate merge`",
+                d.display()
+            );
+        }
+    }
     check_merge_target(dirs, out)?;
     let staging = stage(out, RUN_OUTPUTS)?;
     let parts = dirs.iter().map(|d| ShardParts::read(d));
@@ -162,6 +173,143 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<()> {
         m.summary.d,
         out.display()
     );
+    Ok(())
+}
+
+/// A calibration folder: new or empty, or with `--force` a previous calibration's.
+fn calibration_replace(force: bool) -> Replace<'static> {
+    if force {
+        calibrate::OUTPUTS
+    } else {
+        Replace::Never {
+            allow_with: "pass --force to replace a previous calibration in it",
+        }
+    }
+}
+
+/// `diffpost calibrate` (`calibrate merge`: its shards put back together).
+pub fn calibrate(a: CalibrateArgs) -> Result<()> {
+    if let Some(CalibrateMerge::Merge { dirs, out, force }) = a.merge {
+        return calibrate_merge(&dirs, &out, force);
+    }
+    let (Some(config_path), Some(replicates), Some(samples), Some(out)) =
+        (a.config, a.replicates, a.samples, a.out)
+    else {
+        bail!("calibrate needs a problem.toml, --replicates, --samples and --out");
+    };
+    let device = parse_device(&a.device)?;
+    let cfg = ProblemConfig::read_model(&config_path)?;
+    let shard = a.shard.as_deref().map(Shard::parse).transpose()?;
+    let opts = CalibrateOptions {
+        replicates,
+        samples,
+        seed: a.seed,
+        statistics: StatisticsOptions {
+            projections: a.projections,
+            pixels: a.pixels,
+            ..Default::default()
+        },
+        sampler_eta_scale: a.sampler_eta_scale,
+        bins: a.bins,
+        shard,
+        ..Default::default()
+    };
+    opts.validate().map_err(|e| match e {
+        diffpost::Error::InvalidParam { field, reason } => {
+            anyhow!("--{}: {reason}", field.replace('_', "-"))
+        }
+        e => e.into(),
+    })?;
+    if !a.quiet {
+        for w in &cfg.warnings {
+            eprintln!("warning: {}: {w}", config_path.display());
+        }
+        let m = &cfg.measurement;
+        if let Some(p) = m.y.as_ref().or(m.truth.as_ref()) {
+            eprintln!(
+                "note: {}: [measurement] {} is not used: calibrate simulates y = A x* + eta xi \
+                 (eta = {}) for every replicate",
+                config_path.display(),
+                p.display(),
+                m.eta
+            );
+        }
+    }
+    calibrate::check_sampler(&cfg.sampler).with_context(|| format!("{}", config_path.display()))?;
+    // The output folder is checked and locked before any work.
+    let staging = stage(&out, calibration_replace(a.force))?;
+    let m = cfg.load_model(&device)?;
+    let model = calibrate::Model {
+        prior: m.prior.denoiser.as_ref(),
+        op: m.op.as_ref(),
+        eta: m.eta,
+        description: cfg.model_description(),
+        cancel: None,
+    };
+    let res = if a.quiet {
+        calibrate::calibrate(&model, &cfg.sampler, &opts, &NoProgress)
+    } else {
+        let b = crate::progress::bar(&format!("calibrate {} (replicates)", cfg.sampler.name()));
+        let r = calibrate::calibrate(&model, &cfg.sampler, &opts, &b);
+        b.0.finish_and_clear();
+        r
+    }
+    .with_context(|| format!("{}", config_path.display()))?;
+    calibrate::write(&staging, &res)?;
+    staging.commit()?;
+    print_calibration(&res, &out);
+    Ok(())
+}
+
+fn print_calibration(res: &calibrate::CalibrationResult, out: &Path) {
+    let range = res
+        .options
+        .shard
+        .filter(|s| s.count > 1)
+        .map(|s| {
+            let r = &res.replicates;
+            format!(
+                " (shard {}/{}: replicates {}..{})",
+                s.index,
+                s.count,
+                r.first().map_or(0, |r| r.index),
+                r.last().map_or(0, |r| r.index + 1)
+            )
+        })
+        .unwrap_or_default();
+    println!(
+        "calibration of {} (x* {}): {} replicates{range} of L = {} samples (d = {}, m = {}, \
+         sampler eta = {} x {}) in {:.2} s -> {}",
+        res.sampler,
+        res.truth_sampler,
+        res.summary.replicates,
+        res.options.samples,
+        res.d,
+        res.m,
+        res.eta,
+        res.options.sampler_eta_scale,
+        res.wall_s,
+        out.display()
+    );
+    println!("{}", res.report());
+    for w in &res.health_warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+/// `diffpost calibrate merge`.
+fn calibrate_merge(dirs: &[PathBuf], out: &Path, force: bool) -> Result<()> {
+    calibrate::check_merge_target(dirs, out)?;
+    let staging = stage(out, calibration_replace(force))?;
+    let parts = dirs
+        .iter()
+        .map(|d| Ok((calibrate::read(d)?, d.display().to_string())))
+        .collect::<diffpost::Result<Vec<_>>>()?;
+    let res = calibrate::merge(parts)?;
+    calibrate::write(&staging, &res)?;
+    staging.commit()?;
+    println!("merged {} parts", dirs.len());
+    print_calibration(&res, out);
     Ok(())
 }
 

@@ -33,6 +33,13 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Simulation-based calibration of the config's sampler (Talts et al. 2018): for R replicates,
+    /// draw x* from the prior, simulate y = A x* + eta xi, draw L posterior samples and rank
+    /// statistics of x* among them; writes OUT/calibration.json and calibration.png. Uses the
+    /// config's [prior], [operator], [measurement] eta and [sampler]; its measurement (`y` or
+    /// `truth`) and [run] are not used: every replicate simulates its own. `calibrate merge`
+    /// puts shards (--shard K/N) back together.
+    Calibrate(CalibrateArgs),
     /// Write a random problem instance with a known exact posterior.
     Problem {
         #[command(subcommand)]
@@ -100,6 +107,72 @@ pub struct SampleArgs {
     /// Where network priors run: cpu, cuda or cuda:N (CUDA needs `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct CalibrateArgs {
+    #[command(subcommand)]
+    pub merge: Option<CalibrateMerge>,
+    /// The problem.toml whose [prior], [operator], [measurement] eta and [sampler] are
+    /// calibrated (its `y`/`truth` and [run] are not used; [measurement] may hold eta alone).
+    #[arg(required = true)]
+    pub config: Option<PathBuf>,
+    /// R: simulated problems (100-1000 for a useful test).
+    #[arg(long, required = true)]
+    pub replicates: Option<usize>,
+    /// L: posterior samples per replicate (ranks are on 0..L).
+    #[arg(long, required = true)]
+    pub samples: Option<usize>,
+    /// Replicate r draws only from seeds derived from (seed, r).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Run only shard K (0-based) of N contiguous blocks of replicates, e.g. 0/4 (put them back
+    /// together with `diffpost calibrate merge`).
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<String>,
+    /// Fixed random unit projections of x ranked.
+    #[arg(long, default_value_t = 8)]
+    pub projections: usize,
+    /// Fixed coordinates ranked (among the hidden ones for a mask/inpainting/box operator).
+    #[arg(long, default_value_t = 4)]
+    pub pixels: usize,
+    /// Diagnostic: give the sampler eta x SCALE while the data have eta (measures the test's
+    /// power: any scale but 1 makes even an exact sampler wrong).
+    #[arg(long, default_value_t = 1.0, value_name = "SCALE")]
+    pub sampler_eta_scale: f64,
+    /// Rank-histogram bins (default R/10 within 2..20).
+    #[arg(long)]
+    pub bins: Option<usize>,
+    /// Output folder (new or empty; a previous calibration in it is replaced only with --force).
+    #[arg(long, required = true)]
+    pub out: Option<PathBuf>,
+    /// Replace a previous calibration in OUT.
+    #[arg(long)]
+    pub force: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Where network priors run: cpu, cuda or cuda:N (CUDA needs `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Subcommand)]
+pub enum CalibrateMerge {
+    /// Put the shards of a calibration (`calibrate --shard K/N`) back together: checks that they
+    /// are parts of one calibration (same fingerprint), each replicate once, none missing, and
+    /// writes OUT/calibration.json and calibration.png over all replicates.
+    Merge {
+        /// The shard folders, in any order.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace a previous calibration in OUT.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Args)]
@@ -372,6 +445,7 @@ fn main() {
     let res: Result<()> = match Cli::parse().cmd {
         Cmd::Sample(a) => commands::sample(&a),
         Cmd::Merge { dirs, out } => commands::merge(&dirs, &out),
+        Cmd::Calibrate(a) => commands::calibrate(a),
         Cmd::Problem { kind } => commands::problem(kind),
         Cmd::Measure { config, out } => commands::measure(&config, &out),
         Cmd::Eval {

@@ -11,6 +11,8 @@
 //!   (linear forward models with adjoints), [`schedule`] (sigma and eta schedules), [`metrics`]
 //!   and [`image_metrics`] (distances to exact posteriors; PSNR/SSIM), [`imaging`] (grids),
 //!   [`problem`] (random instances);
+//! - [`calibrate`]: simulation-based calibration of any sampler on any prior that can be
+//!   sampled (`diffpost calibrate`: rank statistics, ECDF band, coverage, contraction; shards);
 //! - [`studies`] (the experiments behind `diffpost demo`, `modes`, `tradeoff`, `report` and
 //!   `bench`), [`training`] (how `diffpost train` treats an existing model folder);
 //! - re-exported: [`nn`] (networks and their training: the crate `diffpost-nn`), and from the base
@@ -19,6 +21,7 @@
 // `!(x > 0.0)` is deliberate throughout: it also rejects NaN.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+pub mod calibrate;
 pub mod config;
 pub mod metrics;
 pub mod schedule;

@@ -119,7 +119,11 @@ fn the_suite_problems_are_multimodal() {
     for c in CASES {
         let (i, w) = bench_images::find_multimodal(&data(), c, c.index, c.index + 1).unwrap();
         assert_eq!(i, c.index);
-        eprintln!("{}: {:?}", c.name, w.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>());
+        eprintln!(
+            "{}: {:?}",
+            c.name,
+            w.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>()
+        );
     }
     assert_eq!(bench_images::problems(&data()).unwrap().len(), CASES.len());
 }

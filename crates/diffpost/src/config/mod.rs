@@ -166,6 +166,27 @@ impl ProblemConfig {
 
     /// Parses and validates config text; `path` names it in errors and anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        Self::parse_with(text, path, true)
+    }
+
+    /// Reads and validates `path` as a *model*: `[prior]`, `[operator]`, `[measurement] eta` and
+    /// `[sampler]`, for tools that simulate their own measurements (`diffpost calibrate`).
+    /// `[measurement]` may then hold `eta` alone; a `y` or `truth` it names is not read (see
+    /// [`Self::load_model`]).
+    pub fn read_model(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::File {
+            path: path.to_path_buf(),
+            reason: format!("cannot read config: {e}"),
+        })?;
+        Self::parse_model(&text, path)
+    }
+
+    /// [`Self::read_model`] from text.
+    pub fn parse_model(text: &str, path: &Path) -> Result<Self> {
+        Self::parse_with(text, path, false)
+    }
+
+    fn parse_with(text: &str, path: &Path, need_measurement: bool) -> Result<Self> {
         let err = |field: &str, reason: String| Error::Config {
             file: path.to_path_buf(),
             field: field.into(),
@@ -214,7 +235,7 @@ impl ProblemConfig {
                     "give either `y` or `truth` (to simulate y), not both".into(),
                 ))
             }
-            (None, None) => {
+            (None, None) if need_measurement => {
                 return Err(err(
                     "measurement",
                     "`y` (a [m] .npy) or `truth` (to simulate y) is required".into(),
@@ -289,6 +310,15 @@ impl ProblemConfig {
         })
     }
 
+    /// The prior and operator as configured (`{"prior": ..., "operator": ...}`), for records and
+    /// fingerprints (paths as written, relative to the config).
+    pub fn model_description(&self) -> serde_json::Value {
+        serde_json::json!({
+            "prior": serde_json::to_value(&self.prior).unwrap_or_default(),
+            "operator": serde_json::to_value(&self.operator).unwrap_or_default(),
+        })
+    }
+
     pub fn resolve(&self, p: &Path) -> PathBuf {
         resolve(&self.dir, p)
     }
@@ -303,6 +333,74 @@ impl ProblemConfig {
 
     /// Loads the prior (networks on `device`), the operator and the measurement.
     pub fn load(&self, device: &Device) -> Result<LoadedProblem> {
+        let LoadedModel {
+            d,
+            prior,
+            op,
+            eta,
+            mut conversions,
+        } = self.load_model(device)?;
+        let ms = &self.measurement;
+        let (y, truth) = match (&ms.y, &ms.truth) {
+            (Some(yp), _) => {
+                let y_path = self.resolve(yp);
+                let y = crate::io::read_array(&y_path, "measurement y")
+                    .map_err(|e| self.err("measurement.y", e))?;
+                if y.dims() != [op.out_dim()] {
+                    return Err(self.err(
+                        "measurement.y",
+                        format!(
+                            "{} has shape {:?}, expected [{}] (m of operator `{}`)",
+                            y_path.display(),
+                            y.dims(),
+                            op.out_dim(),
+                            op.name()
+                        ),
+                    ));
+                }
+                (y, None)
+            }
+            (None, Some(tp)) => {
+                let tp = self.resolve(tp);
+                let x = read_truth(&tp, prior.image_shape, d, ms.index.unwrap_or(0))
+                    .map_err(|e| self.err("measurement.truth", e))?;
+                let y = simulate(op.as_ref(), &x, eta, ms.noise_seed.unwrap_or(0))?;
+                (Tensor::from_vec(y, op.out_dim(), &Device::Cpu)?, Some(x))
+            }
+            (None, None) => {
+                return Err(self.err(
+                    "measurement",
+                    "`y` (a [m] .npy) or `truth` (to simulate y) is required",
+                ))
+            }
+        };
+        let y = y.to_dtype(candle_core::DType::F64)?;
+        let y_vec: Vec<f64> = y.to_vec1()?;
+        if y_vec.iter().any(|v| !v.is_finite()) {
+            return Err(self.err(
+                "measurement.y",
+                "non-finite values in measurement y".to_string(),
+            ));
+        }
+        Ok(LoadedProblem {
+            config: self.clone(),
+            d,
+            prior,
+            op,
+            y,
+            y_vec,
+            truth,
+            eta,
+            conversions: {
+                conversions.extend(crate::io::take_conversion_notes());
+                conversions
+            },
+        })
+    }
+
+    /// Loads the prior (networks on `device`) and the operator, not the measurement: what a
+    /// tool that simulates its own measurements needs (`diffpost calibrate`).
+    pub fn load_model(&self, device: &Device) -> Result<LoadedModel> {
         let _ = crate::io::take_conversion_notes();
         let prior = self
             .prior
@@ -341,56 +439,25 @@ impl ProblemConfig {
                 ),
             ));
         }
-        let ms = &self.measurement;
-        let eta = ms.eta;
-        let (y, truth) = match (&ms.y, &ms.truth) {
-            (Some(yp), _) => {
-                let y_path = self.resolve(yp);
-                let y = crate::io::read_array(&y_path, "measurement y")
-                    .map_err(|e| self.err("measurement.y", e))?;
-                if y.dims() != [op.out_dim()] {
-                    return Err(self.err(
-                        "measurement.y",
-                        format!(
-                            "{} has shape {:?}, expected [{}] (m of operator `{}`)",
-                            y_path.display(),
-                            y.dims(),
-                            op.out_dim(),
-                            op.name()
-                        ),
-                    ));
-                }
-                (y, None)
-            }
-            (None, Some(tp)) => {
-                let tp = self.resolve(tp);
-                let x = read_truth(&tp, prior.image_shape, d, ms.index.unwrap_or(0))
-                    .map_err(|e| self.err("measurement.truth", e))?;
-                let y = simulate(op.as_ref(), &x, eta, ms.noise_seed.unwrap_or(0))?;
-                (Tensor::from_vec(y, op.out_dim(), &Device::Cpu)?, Some(x))
-            }
-            (None, None) => unreachable!("checked in parse"),
-        };
-        let y = y.to_dtype(candle_core::DType::F64)?;
-        let y_vec: Vec<f64> = y.to_vec1()?;
-        if y_vec.iter().any(|v| !v.is_finite()) {
-            return Err(self.err(
-                "measurement.y",
-                "non-finite values in measurement y".to_string(),
-            ));
-        }
-        Ok(LoadedProblem {
-            config: self.clone(),
+        Ok(LoadedModel {
             d,
             prior,
             op,
-            y,
-            y_vec,
-            truth,
-            eta,
+            eta: self.measurement.eta,
             conversions: crate::io::take_conversion_notes(),
         })
     }
+}
+
+/// A loaded model: prior and operator (and eta), no measurement.
+pub struct LoadedModel {
+    pub d: usize,
+    pub prior: LoadedPrior,
+    pub op: Box<dyn LinearOperator>,
+    /// `[measurement] eta`: noise standard deviation per measurement, in the units of x.
+    pub eta: f64,
+    /// Conversions made while reading the inputs (dtypes, image channels).
+    pub conversions: Vec<String>,
 }
 
 /// A loaded problem: everything a run needs.
