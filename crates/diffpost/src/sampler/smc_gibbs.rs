@@ -387,6 +387,9 @@ fn resample_ordered(
     Ok(idx.into_iter().map(|i| perm[i] as u32).collect())
 }
 
+/// A pool's result: `(samples, pooled particles, their weights, traces, MALA acceptance)`.
+type PoolOut = (Tensor, Tensor, Tensor, Vec<SmcTrace>, Option<f64>);
+
 /// The prepared method: what every batch shares.
 struct Prepared {
     cfg: SmcGibbsConfig,
@@ -638,7 +641,7 @@ impl Prepared {
         problem: &Problem,
         streams: &mut SampleStreams,
         mon: &dyn Monitor,
-    ) -> Result<(Tensor, Tensor, Tensor, Vec<SmcTrace>, Option<f64>)> {
+    ) -> Result<PoolOut> {
         let n = streams.len();
         let g = self.cfg.populations;
         let counted = Counted::new(problem.prior);

@@ -540,7 +540,7 @@ fn plot(path: &Path, rows: &[BenchRow], setting: &str) -> Result<()> {
             .right_y_label_area_size(if labels { 10 } else { 0 });
         if labels {
             b.caption(
-                &format!("sliced W2 / noise floor, {setting} (1 = exact sampling)"),
+                format!("sliced W2 / noise floor, {setting} (1 = exact sampling)"),
                 ("sans-serif", 18),
             );
         }
