@@ -273,6 +273,7 @@ fn bench_posterior_quick_runs() {
         "separated-d10",
         "digits-inpaint",
         "smc",
+        "smc-gibbs",
         "annealed",
     ] {
         assert!(table.contains(name), "{table}");
@@ -282,7 +283,7 @@ fn bench_posterior_quick_runs() {
     }
     let j: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("bench.json")).unwrap()).unwrap();
-    assert_eq!(j["rows"].as_array().unwrap().len(), 3 * 8);
+    assert_eq!(j["rows"].as_array().unwrap().len(), 3 * 9);
 }
 
 #[test]

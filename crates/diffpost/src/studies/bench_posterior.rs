@@ -136,14 +136,22 @@ pub fn problems(data: &Path, quick: bool) -> Result<Vec<BenchProblem>> {
 }
 
 /// The samplers: every method at its defaults, or at an equal budget of `budget` score
-/// evaluations per sample (SMC keeps its adaptive defaults: its count is reported);
+/// evaluations per sample (the SMCs keep their adaptive defaults: their counts are reported);
 /// `integrator` (`"euler"`, `"exact-likelihood"`, ...) for those with one (annealed, ula, smc).
 pub fn samplers(
     budget: Option<u64>,
     integrator: Option<&str>,
 ) -> Result<Vec<(String, SamplerSpec)>> {
     let kinds = [
-        "exact", "annealed", "ula", "mala", "dps", "daps", "ald", "smc",
+        "exact",
+        "annealed",
+        "ula",
+        "mala",
+        "dps",
+        "daps",
+        "ald",
+        "smc",
+        "smc-gibbs",
     ];
     let mut v = Vec::new();
     for k in kinds {
