@@ -178,15 +178,30 @@ pub fn digits_instance(
             t.dims(),
         ));
     }
+    measure_image(prior, &t, index, 8.0, op, eta, seed)
+}
+
+/// Image `index` of `t: [N, H, W]`, scaled to [-1, 1] as `v / half - 1`, measured through `op`
+/// on `[1, H, W]`: `y = A x_true + eta xi`, noise from `seed`.
+fn measure_image(
+    prior: GaussianMixture,
+    t: &candle_core::Tensor,
+    index: usize,
+    half: f64,
+    op: &crate::operator::image::ImageOperatorSpec,
+    eta: f64,
+    seed: u64,
+) -> Result<ImageInstance> {
     let x_true: Vec<f64> = t
         .get(index)?
         .flatten_all()?
         .to_dtype(candle_core::DType::F64)?
         .to_vec1::<f64>()?
         .iter()
-        .map(|v| v / 8.0 - 1.0)
+        .map(|v| v / half - 1.0)
         .collect();
-    let op = op.build([1, 8, 8])?;
+    let dims = t.dims();
+    let op = op.build([1, dims[1], dims[2]])?;
     let y = crate::config::simulate(op.as_ref(), &x_true, eta, seed)?;
     Ok(ImageInstance {
         prior,
@@ -220,21 +235,5 @@ pub fn image_instance(
             &dims,
         ));
     }
-    let x_true: Vec<f64> = t
-        .get(index)?
-        .flatten_all()?
-        .to_dtype(candle_core::DType::F64)?
-        .to_vec1::<f64>()?
-        .iter()
-        .map(|v| v / 127.5 - 1.0)
-        .collect();
-    let op = op.build([1, dims[1], dims[2]])?;
-    let y = crate::config::simulate(op.as_ref(), &x_true, eta, seed)?;
-    Ok(ImageInstance {
-        prior,
-        op,
-        x_true,
-        y,
-        eta,
-    })
+    measure_image(prior, &t, index, 127.5, op, eta, seed)
 }

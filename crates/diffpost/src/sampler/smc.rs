@@ -212,7 +212,7 @@ pub struct SmcTrace {
     pub score_evals: u64,
 }
 
-fn log_sum_exp(a: &[f64]) -> f64 {
+pub(super) fn log_sum_exp(a: &[f64]) -> f64 {
     let m = a.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     if !m.is_finite() {
         return m;
@@ -265,7 +265,12 @@ pub fn next_delta(log_w: &[f64], r2: &[f64], lambda: f64, eta: f64, target: f64)
 
 /// Ancestor indices `[P]` for normalised weights `w` (sum 1), from `rng`.
 pub fn resample(kind: Resampling, w: &[f64], rng: &mut impl Rng) -> Vec<usize> {
-    let p = w.len();
+    resample_n(kind, w, w.len(), rng)
+}
+
+/// `p` ancestor indices for normalised weights `w` (sum 1; `p` may differ from `w.len()`, as when
+/// pooled populations give a pool its samples), from `rng`.
+pub fn resample_n(kind: Resampling, w: &[f64], p: usize, rng: &mut impl Rng) -> Vec<usize> {
     let mut out = Vec::with_capacity(p);
     // Inverse CDF at sorted points `u` (ascending).
     let pick_sorted = |u: &[f64], w: &[f64], out: &mut Vec<usize>| {

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use super::method::{missing, Kernel, Method};
 use super::settings::{Init, ScoreLevel, Start, StartKind, Step};
-use super::smc::{ess, resample, MoveKernel, Resampling, SmcTrace};
+use super::smc::{ess, log_sum_exp, resample_n, MoveKernel, Resampling, SmcTrace};
 use super::ula::initialise;
 use super::{prior_lipschitz_at, score_level, Counted, Info, Monitor, Output, Problem, Weighted};
 use crate::operator::GramSpectrum;
@@ -260,14 +260,6 @@ impl<'a> Likelihood<'a> {
     }
 }
 
-fn log_sum_exp(a: &[f64]) -> f64 {
-    let m = a.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    if !m.is_finite() {
-        return m;
-    }
-    m + a.iter().map(|v| (v - m).exp()).sum::<f64>().ln()
-}
-
 fn normalised(a: &[f64]) -> (Vec<f64>, f64) {
     let z = log_sum_exp(a);
     (a.iter().map(|v| v - z).collect(), z)
@@ -367,23 +359,7 @@ fn resample_ordered(
         }
     };
     let ws: Vec<f64> = perm.iter().map(|&i| w[i]).collect();
-    let idx = if count == w.len() {
-        resample(kind, &ws, rng)
-    } else {
-        // `count` of more particles (pooled populations): systematic, `count` points.
-        let u0: f64 = rng.random::<f64>();
-        let mut out = Vec::with_capacity(count);
-        let (mut c, mut j) = (0.0, 0);
-        for i in 0..count {
-            let u = (i as f64 + u0) / count as f64;
-            while j + 1 < ws.len() && c + ws[j] <= u {
-                c += ws[j];
-                j += 1;
-            }
-            out.push(j);
-        }
-        out
-    };
+    let idx = resample_n(kind, &ws, count, rng);
     Ok(idx.into_iter().map(|i| perm[i] as u32).collect())
 }
 
